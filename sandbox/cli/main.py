@@ -1,0 +1,104 @@
+"""The `sandbox` command: the typer app, global options, and the one place errors become exits.
+
+Each command group lives in its own module and registers itself on the app; those modules
+import the engine inside the command functions, so `sandbox --help` stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+
+import typer
+
+try:  # typer 0.28 vendors click; older ones use the click package
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+
+from sandbox import __version__
+from sandbox.errors import ExitCode, SandboxError
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+app = typer.Typer(
+    name="sandbox",
+    help="Run rootless containers: no root, no daemon.",
+    context_settings=CONTEXT,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+_debug = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"sandbox version {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    version: bool = typer.Option(False, "--version", "-v", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for internal errors."),
+) -> None:
+    global _debug
+    _debug = debug or bool(os.environ.get("SANDBOX_DEBUG"))
+
+
+def _register() -> None:
+    from sandbox.cli import containers, images, run, unshare
+
+    for module in (run, images, containers, unshare):
+        module.register(app)
+
+
+def print_error(error: SandboxError) -> None:
+    print(f"Error: {error}", file=sys.stderr)
+    if error.hint:
+        print(f"Hint: {error.hint}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    _register()
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="sandbox", standalone_mode=False)
+    except SandboxError as error:
+        if _debug:
+            import traceback
+
+            traceback.print_exc()
+        print_error(error)
+        code = error.exit_code
+    except click_errors.Exit as done:
+        code = done.exit_code
+    except click_errors.ClickException as error:
+        # Bad options are the engine refusing to start: 125, as podman does.
+        error.show()
+        code = ExitCode.ENGINE
+    except click_errors.Abort:
+        print("Aborted.", file=sys.stderr)
+        code = ExitCode.ENGINE
+    except KeyboardInterrupt:
+        code = ExitCode.SIGNAL_BASE + 2
+    except BrokenPipeError:
+        # Our reader went away (`sandbox images | head`); nothing more to say.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = ExitCode.OK
+    except Exception as error:  # noqa: BLE001 - the last line of defence against tracebacks
+        if _debug:
+            raise
+        print(f"Error: internal error: {type(error).__name__}: {error}", file=sys.stderr)
+        print("Hint: run again with --debug for a traceback, and report it", file=sys.stderr)
+        code = ExitCode.ENGINE
+    if not isinstance(code, int):
+        code = ExitCode.OK
+    sys.stdout.flush()
+    sys.exit(code)

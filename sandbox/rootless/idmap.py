@@ -1,0 +1,172 @@
+"""User and group id mappings: subordinate ranges, and writing a process's uid_map/gid_map.
+
+A rootless container maps id 0 to the user's own uid and ids 1..N to the user's subordinate
+range from /etc/subuid and /etc/subgid (as podman does). Writing a mapping of more than one id
+needs the setuid helpers newuidmap/newgidmap; without subordinate ids we fall back to mapping
+only the user's own id, which any process may write for itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+from sandbox.errors import HostError
+
+SUBUID = Path("/etc/subuid")
+SUBGID = Path("/etc/subgid")
+
+
+@dataclasses.dataclass(frozen=True)
+class IdRange:
+    """One line of /proc/PID/uid_map: container ids [inside, inside+size) are host [outside, ...)."""
+
+    inside: int
+    outside: int
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class IdMapping:
+    uids: tuple[IdRange, ...]
+    gids: tuple[IdRange, ...]
+    # Why a single mapping was used (None when the subordinate ranges are mapped).
+    single_reason: str | None = None
+
+    @property
+    def single(self) -> bool:
+        return self.single_reason is not None
+
+    def host_uid(self, uid: int) -> int | None:
+        return _to_host(self.uids, uid)
+
+    def host_gid(self, gid: int) -> int | None:
+        return _to_host(self.gids, gid)
+
+    @property
+    def uid_count(self) -> int:
+        return sum(r.size for r in self.uids)
+
+    @property
+    def gid_count(self) -> int:
+        return sum(r.size for r in self.gids)
+
+
+def _to_host(ranges: tuple[IdRange, ...], inside: int) -> int | None:
+    for r in ranges:
+        if r.inside <= inside < r.inside + r.size:
+            return r.outside + inside - r.inside
+    return None
+
+
+def read_subids(path: Path, user: str, uid: int) -> list[tuple[int, int]]:
+    """The (start, count) ranges path grants to user (by name or by numeric uid)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise HostError(f"cannot read {path}", context=e.strerror) from e
+    ranges = []
+    for line in text.splitlines():
+        fields = line.strip().split(":")
+        if len(fields) != 3 or fields[0].startswith("#"):
+            continue
+        if fields[0] not in (user, str(uid)):
+            continue
+        try:
+            start, count = int(fields[1]), int(fields[2])
+        except ValueError:
+            continue
+        if count > 0 and start >= 0:
+            ranges.append((start, count))
+    return ranges
+
+
+def current_user() -> tuple[str, int, int]:
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    return name, uid, gid
+
+
+def for_current_user(mode: str = "auto") -> IdMapping:
+    """The mapping a container of the current user gets.
+
+    mode "subids" requires subordinate ranges, "single" maps only the user's own ids, "auto"
+    uses the ranges when they and newuidmap/newgidmap exist and falls back to single otherwise.
+    """
+    name, uid, gid = current_user()
+    single = (IdRange(0, uid, 1),), (IdRange(0, gid, 1),)
+    if mode == "single":
+        return IdMapping(*single, single_reason="requested with --userns=single")
+    subuids = read_subids(SUBUID, name, uid)
+    subgids = read_subids(SUBGID, name, uid)
+    reason = None
+    if not subuids:
+        reason = (f"no subordinate uids for {name} in {SUBUID}; add '{name}:100000:65536' "
+                  f"(or run 'usermod --add-subuids 100000-165535 {name}' as root)")
+    elif not subgids:
+        reason = (f"no subordinate gids for {name} in {SUBGID}; add '{name}:100000:65536' "
+                  f"(or run 'usermod --add-subgids 100000-165535 {name}' as root)")
+    else:
+        for helper in ("newuidmap", "newgidmap"):
+            if shutil.which(helper) is None:
+                reason = f"{helper} is not installed; install the 'uidmap' package"
+                break
+    if reason is not None:
+        if mode == "subids":
+            raise HostError("cannot map subordinate ids", context=reason)
+        return IdMapping(*single, single_reason=reason)
+    return IdMapping(_ranges(uid, subuids), _ranges(gid, subgids))
+
+
+def _ranges(own: int, subids: list[tuple[int, int]]) -> tuple[IdRange, ...]:
+    ranges = [IdRange(0, own, 1)]
+    inside = 1
+    for start, count in subids:
+        ranges.append(IdRange(inside, start, count))
+        inside += count
+    return tuple(ranges)
+
+
+def write_mapping(pid: int, mapping: IdMapping) -> None:
+    """Give process pid (just after its unshare(CLONE_NEWUSER)) the mapping."""
+    if mapping.single:
+        _write_single(pid, mapping)
+        return
+    for helper, ranges in (("newuidmap", mapping.uids), ("newgidmap", mapping.gids)):
+        args = [helper, str(pid)]
+        for r in ranges:
+            args += [str(r.inside), str(r.outside), str(r.size)]
+        try:
+            done = subprocess.run(args, capture_output=True, text=True, check=False)
+        except OSError as e:
+            raise HostError(f"cannot run {helper}", context=e.strerror,
+                            hint="install the 'uidmap' package") from e
+        if done.returncode != 0:
+            raise HostError(f"{helper} refused the mapping for process {pid}",
+                            context=done.stderr.strip() or f"exit status {done.returncode}",
+                            hint=f"check that {helper} is setuid root "
+                                 f"and that {SUBUID} and {SUBGID} grant these ranges")
+
+
+def _write_single(pid: int, mapping: IdMapping) -> None:
+    # setgroups must be denied before an unprivileged process may write gid_map.
+    proc = Path(f"/proc/{pid}")
+    try:
+        (proc / "setgroups").write_text("deny")
+        (proc / "uid_map").write_text(_lines(mapping.uids))
+        (proc / "gid_map").write_text(_lines(mapping.gids))
+    except OSError as e:
+        raise HostError(f"cannot write the id mapping of process {pid}", context=e.strerror) from e
+
+
+def _lines(ranges: tuple[IdRange, ...]) -> str:
+    return "".join(f"{r.inside} {r.outside} {r.size}\n" for r in ranges)

@@ -1,0 +1,287 @@
+"""Container lifecycle as seen from the caller: create, run to completion, remove.
+
+`run` is the parent side of the protocol documented in runtime/init.py: it validates the
+whole spec before any process exists, creates the container's directories, spawns the
+namespaced init, forwards signals, relays the terminal, and turns the end of PID 1 into an
+exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+
+from sandbox import spec as specs
+from sandbox.config import Settings
+from sandbox.errors import ContainerError, ExitCode, SandboxError, UsageError, \
+    exit_code_for_wait_status
+from sandbox.rootless import idmap, syscalls, userns
+from sandbox.rootless.channel import Channel, ChannelClosed
+from sandbox.rootless.idmap import IdMapping
+from sandbox.runtime import init, state, tty
+from sandbox.runtime.state import Container, ContainerStore
+
+Warn = Callable[[str], None]
+
+
+def _stderr_warn(message: str) -> None:
+    print(f"Warning: {message}", file=sys.stderr)
+
+
+def mapping_for(settings: Settings, requested: str | None, warn: Warn) -> IdMapping:
+    mapping = idmap.for_current_user(requested or settings.userns)
+    if mapping.single_reason and not (requested or settings.userns) == "single":
+        warn(f"using a single-id mapping: {mapping.single_reason}")
+    return mapping
+
+
+def storage_driver(settings: Settings) -> str:
+    if settings.storage_driver != "auto":
+        return settings.storage_driver
+    from sandbox.rootless import features
+
+    return "overlay" if features.probe("overlay_userns").ok else "vfs"
+
+
+def run(settings: Settings, options: specs.RunOptions, *, warn: Warn = _stderr_warn) -> int:
+    """`sandbox run`: everything from the image name to the container's exit code."""
+    mapping = mapping_for(settings, options.userns, warn)
+    store = ContainerStore(settings.containers_root)
+    if options.name is not None:
+        specs.validate_name(options.name)
+    image_config: dict[str, object] = {}
+    image_id = None
+    lowers: tuple[Path, ...] = ()
+    if options.rootfs:
+        rootfs = Path(os.path.abspath(options.image))
+        if not rootfs.is_dir():
+            raise UsageError(f"--rootfs {options.image} is not a directory",
+                             hint="give the path of an unpacked root filesystem")
+    else:
+        from sandbox.images.store import ImageStore
+
+        image = ImageStore(settings.storage_root, mapping).lookup(options.image)
+        image_config, image_id = dict(image.config), image.id
+        lowers = tuple(ImageStore(settings.storage_root, mapping).layer_paths(image))
+    container_id = store.new_id()
+    name = options.name or store.unique_name()
+    cdir = store.dir(container_id)
+    if options.rootfs:
+        root = specs.Root("dir", rootfs)
+    else:
+        driver = storage_driver(settings)
+        if driver == "overlay":
+            root = specs.Root("overlay", cdir / "merged", lowers, cdir / "upper", cdir / "work")
+        else:
+            root = specs.Root("vfs", cdir / "rootfs", lowers)
+    spec = specs.build(options, container_id=container_id, name=name, image_config=image_config,
+                       image_id=image_id, root=root, mapping=mapping, etc_dir=cdir / "etc")
+    record = store.create(Container(
+        id=container_id, name=name, image=options.image, image_id=image_id,
+        command=spec.process.args, created=state.now(), remove=options.remove,
+        rootfs_kind=root.kind))
+    try:
+        _prepare_dirs(spec)
+        return _start_and_wait(spec, store, record)
+    finally:
+        if options.remove:
+            remove_files(store, record, mapping)
+
+
+def _prepare_dirs(spec: specs.ContainerSpec) -> None:
+    root = spec.root
+    for path in (root.upper, root.work):
+        if path is not None:
+            path.mkdir(mode=0o755)
+    if root.kind == "overlay":
+        root.path.mkdir(mode=0o755)
+    etc = spec.etc_files[0][1].parent
+    etc.mkdir(mode=0o755)
+    files = {
+        "hostname": f"{spec.hostname}\n",
+        "hosts": ("127.0.0.1\tlocalhost localhost.localdomain\n"
+                  "::1\tlocalhost ip6-localhost ip6-loopback\n"
+                  f"127.0.1.1\t{spec.hostname} {spec.name}\n"),
+        "resolv.conf": _resolv_conf(),
+    }
+    for name, text in files.items():
+        (etc / name).write_text(text)
+
+
+def _resolv_conf() -> str:
+    """The host's resolvers, less loopback ones (unreachable from a new network namespace)."""
+    try:
+        lines = Path("/etc/resolv.conf").read_text().splitlines()
+    except OSError:
+        lines = []
+    kept = []
+    for line in lines:
+        words = line.split()
+        if words[:1] == ["nameserver"] and len(words) > 1 and (
+                words[1].startswith("127.") or words[1] == "::1"):
+            continue
+        kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+class _SignalForwarder:
+    """Passes the signals `sandbox run` receives on to the container's PID 1.
+
+    Signals that arrive before the command runs are held back: a PID 1 without a handler
+    ignores them, so delivering them during setup would lose them.
+    """
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.pending: list[int] = []
+        self.saved: dict[int, object] = {}
+        self.on_winch: Callable[[], None] | None = None
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGWINCH:
+            if self.on_winch is not None:
+                self.on_winch()
+            return
+        if self.pid is None:
+            self.pending.append(signum)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+
+    def arm(self, pid: int) -> None:
+        self.pid = pid
+        for signum in self.pending:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        self.pending.clear()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_SignalForwarder]:
+        for signum in init.FORWARDED:
+            self.saved[signum] = signal.signal(signum, self._handle)
+        try:
+            yield self
+        finally:
+            for signum, handler in self.saved.items():
+                signal.signal(signum, handler)  # type: ignore[arg-type]
+
+
+def _start_and_wait(spec: specs.ContainerSpec, store: ContainerStore,
+                    record: Container) -> int:
+    # PID 1 is a grandchild: as a subreaper we inherit it when the intermediate exits, so
+    # we can wait for it and read its real exit status.
+    syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+    forwarder = _SignalForwarder()
+    pid1: int | None = None
+    master: int | None = None
+    with forwarder.installed():
+        try:
+            intermediate, channel = userns.spawn(spec.mapping,
+                                                 lambda ch: init.intermediate(spec, ch))
+            try:
+                message, _ = channel.expect("pid1")
+                pid1 = int(message["pid"])
+                _wait(intermediate)
+                record = store.update(
+                    record, status="running", pid=pid1,
+                    pid_start=state.process_start_time(pid1) or 0, boot_id=state.boot_id(),
+                    started_at=state.now())
+                channel.send("reparented")
+                if spec.process.terminal:
+                    master = _receive_pty(channel, forwarder)
+                channel.expect("ready")
+                channel.send("start")
+                _wait_for_exec(channel)
+            finally:
+                channel.close()
+        except BaseException:
+            if pid1 is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid1, signal.SIGKILL)
+                _wait(pid1)
+            if master is not None:
+                os.close(master)
+            store.update(record, status="exited", exit_code=ExitCode.ENGINE,
+                         finished_at=state.now())
+            raise
+        forwarder.arm(pid1)
+        if master is not None:
+            stdin = 0 if spec.process.interactive else None
+            with tty.raw_mode(0) if stdin is not None else contextlib.nullcontext():
+                tty.relay(master, stdin=stdin)
+            os.close(master)
+        status = _wait(pid1)
+    code = exit_code_for_wait_status(status)
+    store.update(record, status="exited", exit_code=code, finished_at=state.now())
+    return code
+
+
+def _receive_pty(channel: Channel, forwarder: _SignalForwarder) -> int:
+    _, fds = channel.expect("pty")
+    if len(fds) != 1:
+        raise ContainerError("internal protocol error", context="expected one pty fd")
+    master = fds[0]
+    source = tty.caller_terminal()
+    tty.copy_window_size(source, master)
+    forwarder.on_winch = lambda: tty.copy_window_size(source, master)
+    channel.send("pty_ready")
+    return master
+
+
+def _wait_for_exec(channel: Channel) -> None:
+    """EOF on the close-on-exec channel means execve succeeded; an error message means not."""
+    try:
+        while True:
+            channel.recv()
+    except ChannelClosed:
+        return
+
+
+def _wait(pid: int) -> int:
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            return status
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
+
+
+def remove_files(store: ContainerStore, container: Container, mapping: IdMapping) -> None:
+    """Delete a container's directory; its files belong to subordinate ids, so we delete them
+    from inside a user namespace with the same mapping."""
+    path = store.dir(container.id)
+    store.forget(container)
+    if not path.exists():
+        return
+
+    def rmtree(_channel: Channel) -> int:
+        shutil.rmtree(path)
+        return 0
+
+    try:
+        userns.run(mapping, rmtree)
+    except SandboxError as error:
+        raise ContainerError(f"cannot remove the files of container {container.name}",
+                             context=error.message,
+                             hint=f"'sandbox unshare rm -rf {path}' removes them") from error
+
+
+def remove(settings: Settings, name_or_id: str, *, force: bool = False,
+           warn: Warn = _stderr_warn) -> Container:
+    """`sandbox rm`: stop (with force) and delete one container."""
+    store = ContainerStore(settings.containers_root)
+    container = store.lookup(name_or_id)
+    store.check_removable(container, force)
+    if container.status == "running" and state.is_alive(container):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(container.pid, signal.SIGKILL)
+    remove_files(store, container, mapping_for(settings, None, warn))
+    return container

@@ -1,0 +1,299 @@
+"""The container side of `sandbox run`: namespaces, PID 1, the root filesystem, execve.
+
+Process tree and protocol (P = sandbox, the parent; I = intermediate; 1 = container PID 1;
+C = the command when --init makes PID 1 a reaper). Messages go over one SEQPACKET socket that
+is close-on-exec, so its EOF tells P the command was exec'd.
+
+  step  who   does                                                   message
+  1     I     unshare(CLONE_NEWUSER)                                 I->P unshared
+  2     P     newuidmap/newgidmap on I                               P->I mapped
+  3     I     unshare(mount, PID, net, IPC, UTS, cgroup); fork 1     I->P pid1 {pid}; I exits
+  4     P     reaps I; 1 is reparented to P (a child subreaper)      P->1 reparented
+  5     1     PDEATHSIG; mounts: rootfs, /proc, /dev, /sys, volumes
+  6     1     (-t) opens a pty in the container's devpts             1->P pty [master fd]
+  7     P     sets the pty's window size from its terminal           P->1 pty_ready
+  8     1     pivot_root, hostname, resolves the user                1->P ready
+  9     P     (the place for network and cgroup setup)               P->1 start
+  10    1/C   user, stdio, closes fds, execve                        EOF, or C->P error {126|127}
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import struct
+import termios
+from typing import NoReturn
+
+from sandbox.errors import ContainerError, ExecError, ExitCode
+from sandbox.rootless import mounts, syscalls
+from sandbox.rootless.channel import Channel
+from sandbox.rootless.mounts import Mount
+from sandbox.runtime import users
+from sandbox.spec import ContainerSpec
+
+NAMESPACES = (syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID | syscalls.CLONE_NEWNET
+              | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWCGROUP)
+
+TIOCSPTLCK = 0x40045431
+TIOCGPTN = 0x80045430
+TIOCGPTPEER = 0x5441
+
+# Signals the --init reaper passes on to the command.
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM, signal.SIGCONT)
+
+
+def intermediate(spec: ContainerSpec, channel: Channel) -> int:
+    """Step 3: runs as root of the new user namespace; creates the rest and forks PID 1."""
+    try:
+        syscalls.unshare(NAMESPACES)
+    except OSError as e:
+        raise ContainerError("cannot create the container's namespaces",
+                             context=e.strerror) from e
+    pid = os.fork()
+    if pid == 0:
+        pid1(spec, channel)  # never returns
+    channel.send("pid1", pid=pid)
+    return 0
+
+
+def pid1(spec: ContainerSpec, channel: Channel) -> NoReturn:
+    try:
+        _close_fds_except({0, 1, 2, channel.fileno()})
+        channel.expect("reparented")
+        # Our parent is now sandbox itself: die with it rather than run unsupervised.
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+        # A session of our own: the caller's terminal signals (^C, ^Z) reach sandbox, which
+        # forwards them, not the container's processes directly.
+        os.setsid()
+        slave = setup_root(spec, channel)
+        user = _resolve_user(spec)
+        channel.send("ready")
+        channel.expect("start")
+        if spec.init:
+            _reaper(spec, channel, slave, user)
+        _exec(spec, channel, slave, user)
+    except BaseException as error:  # noqa: BLE001 - everything must reach the parent
+        channel.send_error(error)
+        code = getattr(error, "exit_code", ExitCode.ENGINE)
+        os._exit(int(code))
+
+
+def setup_root(spec: ContainerSpec, channel: Channel) -> int | None:
+    """Steps 5-8: the container's filesystem, pty and identity. Returns the pty slave fd."""
+    mounts.make_private()
+    root = str(spec.root.path)
+    _mount_root(spec)
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for mount in spec.mounts:
+            _mount_one(root_fd, mount)
+        slave = None
+        console = None
+        if spec.process.terminal:
+            slave, console = _open_pty(root_fd, channel)
+        mounts.setup_dev(root_fd, console=console)
+        for destination, source in spec.etc_files:
+            mounts.mount_at(root_fd, Mount(destination, "bind", str(source), ("bind",)))
+    finally:
+        os.close(root_fd)
+    mounts.pivot(root)
+    if spec.root.readonly:
+        mounts.remount_root_readonly()
+    syscalls.sethostname(spec.hostname)
+    return slave
+
+
+def _mount_root(spec: ContainerSpec) -> None:
+    root = spec.root
+    if root.kind == "overlay":
+        assert root.upper is not None and root.work is not None
+        mounts.mount_overlay(root.lowers, root.upper, root.work, root.path)
+        return
+    if root.kind == "vfs":
+        from sandbox.images import rootfs
+
+        rootfs.ensure_copy(root.lowers, root.path)
+    # pivot_root needs the new root to be a mount point: bind the directory onto itself.
+    syscalls.mount(str(root.path), str(root.path), None, syscalls.MS_BIND | syscalls.MS_REC)
+
+
+def _mount_one(root_fd: int, mount: Mount) -> None:
+    try:
+        mounts.mount_at(root_fd, mount)
+    except ContainerError as error:
+        cause = error.__cause__
+        if mount.type == "sysfs" and isinstance(cause, OSError) and cause.errno == errno.EPERM:
+            # Without a network namespace of our own (or under a masked /sys) the kernel
+            # refuses a fresh sysfs; a read-only bind of the host's is what podman falls to.
+            mounts.mount_at(root_fd, Mount("/sys", "bind", "/sys", ("rbind", "ro", "nosuid",
+                                                                     "noexec", "nodev")))
+            return
+        if mount.type == "proc" and isinstance(cause, OSError) and cause.errno == errno.EPERM:
+            raise ContainerError(
+                "cannot mount /proc in the container", context=error.context,
+                hint="the host's /proc has paths mounted over (are you inside another "
+                     "container?); run 'sandbox doctor'") from error
+        raise
+
+
+def _open_pty(root_fd: int, channel: Channel) -> tuple[int, str]:
+    """A pty from the container's own devpts, so `tty` inside names /dev/pts/0."""
+    ptmx = mounts.open_in_root(root_fd, "/dev/pts/ptmx")
+    try:
+        master = os.open(mounts.fd_path(ptmx), os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    finally:
+        os.close(ptmx)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+    # TIOCGPTPEER opens the slave through the master: no path lookup in the container.
+    slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+    channel.send("pty", fds=[master])
+    os.close(master)
+    channel.expect("pty_ready")
+    slave_node = mounts.open_in_root(root_fd, f"/dev/pts/{number}")
+    # Keep the O_PATH fd's magic link alive until setup_dev binds it onto /dev/console.
+    return slave, mounts.fd_path(_keep(slave_node))
+
+
+_kept: list[int] = []
+
+
+def _keep(fd: int) -> int:
+    _kept.append(fd)
+    return fd
+
+
+def _resolve_user(spec: ContainerSpec) -> users.User:
+    user = users.resolve(spec.process.user, users.read_small("/etc/passwd"),
+                         users.read_small("/etc/group"))
+    if spec.mapping.single and (user.uid != 0 or user.gid != 0):
+        raise ContainerError(
+            f"user {spec.process.user} is not mapped in this container",
+            context="only root is mapped without subordinate ids",
+            hint="add subordinate ids to /etc/subuid and /etc/subgid (see 'sandbox doctor')")
+    return user
+
+
+def _reaper(spec: ContainerSpec, channel: Channel, slave: int | None,
+            user: users.User) -> NoReturn:
+    """--init: PID 1 forks the command, forwards signals to it and reaps every orphan."""
+    child = os.fork()
+    if child == 0:
+        _exec(spec, channel, slave, user)
+    channel.close()
+    if slave is not None:
+        os.close(slave)
+    for fd in _kept:
+        os.close(fd)
+    # The reaper is our interpreter running inside the container; nobody there may open
+    # /proc/1/exe or /proc/1/mem through it.
+    syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for signum in FORWARDED:
+        signal.signal(signum, forward)
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(ExitCode.ENGINE)
+        if pid == child:
+            if os.WIFSIGNALED(status):
+                os._exit(ExitCode.SIGNAL_BASE + os.WTERMSIG(status))
+            os._exit(os.WEXITSTATUS(status))
+
+
+def _exec(spec: ContainerSpec, channel: Channel, slave: int | None,
+          user: users.User) -> NoReturn:
+    process = spec.process
+    if slave is not None:
+        if spec.init:
+            os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        for fd in (0, 1, 2):
+            os.dup2(slave, fd)
+        if slave > 2:
+            os.close(slave)
+    elif not process.interactive:
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+    env = dict(e.partition("=")[::2] for e in process.env)
+    env.setdefault("HOME", user.home)
+    try:
+        os.chdir(process.cwd)
+    except FileNotFoundError:
+        os.makedirs(process.cwd, exist_ok=True)
+        os.chdir(process.cwd)
+    _set_user(spec, user)
+    _close_fds_except({0, 1, 2, channel.fileno()})
+    # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive execve.
+    for signum in (signal.SIGPIPE, signal.SIGXFSZ, *FORWARDED):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    program = process.args[0]
+    error = _execvpe(program, list(process.args), env)
+    not_found = error.errno in (errno.ENOENT, errno.ENOTDIR)
+    code = ExitCode.NOT_FOUND if not_found else ExitCode.CANNOT_EXECUTE
+    what = "executable file not found in $PATH" if not_found and "/" not in program \
+        else error.strerror
+    channel.send_error(ExecError(f"{program}: {what}", exit_code=code))
+    os._exit(code)
+
+
+def _set_user(spec: ContainerSpec, user: users.User) -> None:
+    try:
+        if not spec.mapping.single:
+            os.setgroups(list(user.groups))
+        os.setresgid(user.gid, user.gid, user.gid)
+        os.setresuid(user.uid, user.uid, user.uid)
+    except OSError as e:
+        raise ContainerError(f"cannot switch to user {spec.process.user}",
+                             context=f"{e.strerror} (uid {user.uid}, gid {user.gid})",
+                             hint="the id may be outside this user's subordinate range "
+                                  "(/etc/subuid, /etc/subgid)") from e
+
+
+def _execvpe(program: str, args: list[str], env: dict[str, str]) -> OSError:
+    """execve with a PATH search in the container's PATH; returns the error that counts."""
+    if "/" in program:
+        candidates = [program]
+    else:
+        path = env.get("PATH", "")
+        candidates = [os.path.join(d or ".", program) for d in path.split(":")]
+    first: OSError | None = None
+    last = OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+    for candidate in candidates:
+        try:
+            os.execve(candidate, args, env)
+        except OSError as e:
+            # Not there: keep looking. Anything else (EACCES, ENOEXEC) is the real story.
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR) and first is None:
+                first = e
+            last = e
+    return first or last
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    low = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, _max_fd())
+
+
+def _max_fd() -> int:
+    try:
+        return int(os.sysconf("SC_OPEN_MAX"))
+    except (ValueError, OSError):
+        return 65536
+

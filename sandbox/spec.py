@@ -1,0 +1,267 @@
+"""ContainerSpec: everything a container needs, frozen, validated before any process exists.
+
+RunOptions is what the command line said; build() combines it with the image's config and
+the settings into a ContainerSpec, or raises a UsageError saying which option is wrong and
+how to fix it. Nothing here forks, mounts or writes; it only reads the host paths the user
+named, to check they exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sandbox.errors import UsageError
+from sandbox.rootless.idmap import IdMapping
+from sandbox.rootless.mounts import Mount
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$")
+_ENV_KEY_RE = re.compile(r"^[^=\s]+$")
+
+# The mounts every container gets, before the user's (OCI runtime spec order).
+_TMPFS_DEV = ("nosuid", "strictatime", "mode=755", "size=65536k")
+
+
+def default_mounts() -> tuple[Mount, ...]:
+    return (
+        Mount("/proc", "proc", "proc", ("nosuid", "noexec", "nodev")),
+        Mount("/dev", "tmpfs", "tmpfs", _TMPFS_DEV),
+        Mount("/dev/pts", "devpts", "devpts",
+              ("nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620")),
+        Mount("/dev/shm", "tmpfs", "shm",
+              ("nosuid", "noexec", "nodev", "mode=1777", "size=65536k")),
+        Mount("/dev/mqueue", "mqueue", "mqueue", ("nosuid", "noexec", "nodev")),
+        Mount("/sys", "sysfs", "sysfs", ("nosuid", "noexec", "nodev", "ro")),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """`sandbox run`'s options, exactly as given (validated by build())."""
+
+    image: str
+    command: tuple[str, ...] = ()
+    remove: bool = False
+    interactive: bool = False
+    tty: bool = False
+    name: str | None = None
+    env: tuple[str, ...] = ()
+    env_files: tuple[str, ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    volumes: tuple[str, ...] = ()
+    tmpfs: tuple[str, ...] = ()
+    read_only: bool = False
+    entrypoint: str | None = None
+    init: bool = False
+    rootfs: bool = False
+    userns: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Process:
+    args: tuple[str, ...]
+    env: tuple[str, ...]
+    cwd: str
+    user: str  # "UID[:GID]" or "NAME[:GROUP]", resolved inside the container's root
+    terminal: bool
+    interactive: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Root:
+    """Where the container's root filesystem comes from.
+
+    kind "overlay": lowers (image layers, lowest first) + upper/work, mounted at path.
+    kind "vfs": a private copy of the layers at path, made once.
+    kind "dir": an existing directory used as it is (--rootfs).
+    """
+
+    kind: str
+    path: Path
+    lowers: tuple[Path, ...] = ()
+    upper: Path | None = None
+    work: Path | None = None
+    readonly: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerSpec:
+    id: str
+    name: str
+    hostname: str
+    process: Process
+    root: Root
+    mounts: tuple[Mount, ...]
+    # Files sandbox writes for the container, bind-mounted over /etc/<name>.
+    etc_files: tuple[tuple[str, Path], ...]
+    mapping: IdMapping
+    init: bool
+    image: str  # the image reference the user gave, or the --rootfs path
+    image_id: str | None
+
+
+def parse_env_file(path: str) -> list[str]:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read env file {path}", context=e.strerror) from e
+    entries = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        entries.append(_env_entry(line, f"{path}:{number}"))
+    return [e for e in entries if e]
+
+
+def _env_entry(item: str, where: str) -> str:
+    key, has_value, value = item.partition("=")
+    if not _ENV_KEY_RE.match(key):
+        raise UsageError(f"invalid environment variable {item!r} ({where})",
+                         hint="use KEY=VALUE, or KEY to copy it from your environment")
+    if has_value:
+        return f"{key}={value}"
+    host = os.environ.get(key)
+    return f"{key}={host}" if host is not None else ""
+
+
+def merge_env(*layers: Sequence[str]) -> tuple[str, ...]:
+    """KEY=VALUE lists merged in order, later keys replacing earlier ones in place."""
+    merged: dict[str, str] = {}
+    for layer in layers:
+        for entry in layer:
+            key, _, value = entry.partition("=")
+            merged[key] = value
+    return tuple(f"{k}={v}" for k, v in merged.items())
+
+
+def parse_volume(text: str) -> Mount:
+    """-v HOST:CONTAINER[:OPTIONS] -> a bind Mount (HOST must exist, as podman requires)."""
+    parts = text.split(":")
+    if len(parts) < 2 or len(parts) > 3 or not parts[0] or not parts[1]:
+        raise UsageError(f"invalid volume {text!r}",
+                         hint="use -v HOSTPATH:CONTAINERPATH[:ro]")
+    host, target = parts[0], parts[1]
+    opts = parts[2].split(",") if len(parts) == 3 and parts[2] else []
+    if not host.startswith("/") and not host.startswith("."):
+        raise UsageError(f"invalid volume {text!r}: named volumes are not supported yet",
+                         hint="give an absolute host path, e.g. -v $PWD/data:/data")
+    if not target.startswith("/"):
+        raise UsageError(f"invalid volume {text!r}: the container path must be absolute")
+    source = os.path.abspath(host)
+    if not os.path.exists(source):
+        raise UsageError(f"volume source {source} does not exist",
+                         hint="create it first (mkdir -p), or fix the path")
+    options = ["rbind"]
+    for opt in opts:
+        if opt in ("ro", "rw"):
+            options.append(opt)
+        elif opt in ("z", "Z", "rprivate", "private"):
+            continue
+        else:
+            raise UsageError(f"invalid volume option {opt!r} in {text!r}",
+                             hint="supported: ro, rw, z, Z")
+    return Mount(os.path.normpath(target), "bind", source, tuple(options))
+
+
+def parse_tmpfs(text: str) -> Mount:
+    target, _, opts = text.partition(":")
+    if not target.startswith("/"):
+        raise UsageError(f"invalid --tmpfs {text!r}: the container path must be absolute")
+    options = ["rw", "noexec", "nosuid", "nodev"]
+    if opts:
+        options += opts.split(",")
+    return Mount(os.path.normpath(target), "tmpfs", "tmpfs", tuple(options))
+
+
+def command_line(image_config: Mapping[str, Any], options: RunOptions) -> tuple[str, ...]:
+    """podman's rule: entrypoint + (the user's command, or the image's Cmd)."""
+    if options.entrypoint is not None:
+        entrypoint = _parse_entrypoint(options.entrypoint)
+        cmd = list(options.command)
+    else:
+        entrypoint = list(image_config.get("Entrypoint") or [])
+        cmd = list(options.command) or list(image_config.get("Cmd") or [])
+    args = tuple(entrypoint + cmd)
+    if not args:
+        raise UsageError(f"no command given and image {options.image} has none",
+                         hint=f"sandbox run {options.image} COMMAND")
+    return args
+
+
+def _parse_entrypoint(text: str) -> list[str]:
+    if text.startswith("["):
+        import json
+
+        try:
+            value = json.loads(text)
+        except ValueError as e:
+            raise UsageError(f"invalid --entrypoint {text!r}", context=str(e)) from e
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UsageError("--entrypoint as JSON must be a list of strings")
+        return value
+    return [text] if text else []
+
+
+def validate_name(name: str) -> str:
+    if not _NAME_RE.match(name) or len(name) > 128:
+        raise UsageError(f"invalid container name {name!r}",
+                         hint="names start with a letter or digit and contain only "
+                              "letters, digits, '_', '.' and '-'")
+    return name
+
+
+def build(options: RunOptions, *, container_id: str, name: str, image_config: Mapping[str, Any],
+          image_id: str | None, root: Root, mapping: IdMapping, etc_dir: Path) -> ContainerSpec:
+    """Validate options against each other and the image; no side effects."""
+    if options.hostname is not None and not _HOSTNAME_RE.match(options.hostname):
+        raise UsageError(f"invalid hostname {options.hostname!r}",
+                         hint="up to 63 letters, digits, '-' and '.'")
+    hostname = options.hostname or container_id[:12]
+    workdir = options.workdir or image_config.get("WorkingDir") or "/"
+    if not str(workdir).startswith("/"):
+        raise UsageError(f"invalid working directory {workdir!r}: it must be absolute")
+    env_from_files: list[str] = []
+    for path in options.env_files:
+        env_from_files += parse_env_file(path)
+    cli_env = [e for e in (_env_entry(item, "-e") for item in options.env) if e]
+    env = merge_env([f"PATH={DEFAULT_PATH}"], list(image_config.get("Env") or []),
+                    [f"HOSTNAME={hostname}", "container=sandbox"]
+                    + (["TERM=xterm"] if options.tty else []),
+                    env_from_files, cli_env)
+    user = options.user or image_config.get("User") or "0"
+    mounts = list(default_mounts())
+    if options.read_only:
+        # podman's --read-only-tmpfs default: scratch space where programs expect it.
+        mounts += [parse_tmpfs(p) for p in ("/tmp", "/var/tmp", "/run")]
+    mounts += [parse_volume(v) for v in options.volumes]
+    mounts += [parse_tmpfs(t) for t in options.tmpfs]
+    seen: set[str] = set()
+    for m in mounts[len(default_mounts()):]:
+        if m.destination in seen:
+            raise UsageError(f"two mounts on {m.destination}",
+                             hint="give each -v/--tmpfs its own container path")
+        seen.add(m.destination)
+    etc_files = tuple((f"/etc/{n}", etc_dir / n) for n in ("hostname", "hosts", "resolv.conf"))
+    return ContainerSpec(
+        id=container_id,
+        name=name,
+        hostname=hostname,
+        process=Process(args=command_line(image_config, options), env=env, cwd=str(workdir),
+                        user=str(user), terminal=options.tty, interactive=options.interactive),
+        root=dataclasses.replace(root, readonly=options.read_only),
+        mounts=tuple(mounts),
+        etc_files=etc_files,
+        mapping=mapping,
+        init=options.init,
+        image=options.image,
+        image_id=image_id,
+    )
