@@ -175,7 +175,13 @@ def _bind(root_fd: int, mount: Mount, flags: int) -> None:
         syscalls.mount(mount.source, fd_path(target), None, bind_flags)
         extra = flags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
         if extra:
-            remount_bind(fd_path(target), extra)
+            # The fd still names the directory under the new mount: open it again to reach
+            # the mount we just made, and remount that one.
+            mounted = open_in_root(root_fd, mount.destination)
+            try:
+                remount_bind(fd_path(mounted), extra)
+            finally:
+                os.close(mounted)
     except OSError as e:
         raise ContainerError(f"cannot bind-mount {mount.source} on {mount.destination}",
                              context=e.strerror) from e

@@ -200,15 +200,15 @@ def _start_and_wait(spec: specs.ContainerSpec, store: ContainerStore,
                 _wait_for_exec(channel)
             finally:
                 channel.close()
-        except BaseException:
+        except BaseException as error:
             if pid1 is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid1, signal.SIGKILL)
                 _wait(pid1)
             if master is not None:
                 os.close(master)
-            store.update(record, status="exited", exit_code=ExitCode.ENGINE,
-                         finished_at=state.now())
+            code = error.exit_code if isinstance(error, SandboxError) else ExitCode.ENGINE
+            store.update(record, status="exited", exit_code=code, finished_at=state.now())
             raise
         forwarder.arm(pid1)
         if master is not None:

@@ -7,9 +7,9 @@ is close-on-exec, so its EOF tells P the command was exec'd.
   step  who   does                                                   message
   1     I     unshare(CLONE_NEWUSER)                                 I->P unshared
   2     P     newuidmap/newgidmap on I                               P->I mapped
-  3     I     unshare(mount, PID, net, IPC, UTS, cgroup); fork 1     I->P pid1 {pid}; I exits
+  3     I     unshare(mount, PID, net, IPC, UTS, cgroup, time); fork 1     I->P pid1 {pid}; I exits
   4     P     reaps I; 1 is reparented to P (a child subreaper)      P->1 reparented
-  5     1     PDEATHSIG; mounts: rootfs, /proc, /dev, /sys, volumes
+  5     1     PDEATHSIG; lo up; mounts: rootfs, /proc, /dev, /sys, volumes
   6     1     (-t) opens a pty in the container's devpts             1->P pty [master fd]
   7     P     sets the pty's window size from its terminal           P->1 pty_ready
   8     1     pivot_root, hostname, resolves the user                1->P ready
@@ -28,7 +28,7 @@ import termios
 from typing import NoReturn
 
 from sandbox.errors import ContainerError, ExecError, ExitCode
-from sandbox.rootless import mounts, syscalls
+from sandbox.rootless import mounts, network, syscalls
 from sandbox.rootless.channel import Channel
 from sandbox.rootless.mounts import Mount
 from sandbox.runtime import users
@@ -49,7 +49,10 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signa
 def intermediate(spec: ContainerSpec, channel: Channel) -> int:
     """Step 3: runs as root of the new user namespace; creates the rest and forks PID 1."""
     try:
-        syscalls.unshare(NAMESPACES)
+        try:
+            syscalls.unshare(NAMESPACES | syscalls.CLONE_NEWTIME)
+        except OSError:
+            syscalls.unshare(NAMESPACES)  # kernels before 5.6 have no time namespaces
     except OSError as e:
         raise ContainerError("cannot create the container's namespaces",
                              context=e.strerror) from e
@@ -69,6 +72,7 @@ def pid1(spec: ContainerSpec, channel: Channel) -> NoReturn:
         # A session of our own: the caller's terminal signals (^C, ^Z) reach sandbox, which
         # forwards them, not the container's processes directly.
         os.setsid()
+        network.interface_up("lo")
         slave = setup_root(spec, channel)
         user = _resolve_user(spec)
         channel.send("ready")
