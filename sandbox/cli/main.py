@@ -12,7 +12,7 @@ from typing import NoReturn
 
 import typer
 
-try:  # typer 0.28 vendors click; older ones use the click package
+try:  # typer 0.28 vendors click; other versions use the click package
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors  # type: ignore[no-redef]
@@ -76,13 +76,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
             traceback.print_exc()
         print_error(error)
         code = error.exit_code
-    except click_errors.Exit as done:
+    except typer.Exit as done:
         code = done.exit_code
     except click_errors.ClickException as error:
         # Bad options are the engine refusing to start: 125, as podman does.
         error.show()
         code = ExitCode.ENGINE
-    except click_errors.Abort:
+    except typer.Abort:
         print("Aborted.", file=sys.stderr)
         code = ExitCode.ENGINE
     except KeyboardInterrupt:
