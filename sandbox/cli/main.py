@@ -15,7 +15,7 @@ import typer
 try:  # typer 0.28 vendors click; other versions use the click package
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover
-    from click import exceptions as click_errors  # type: ignore[no-redef]
+    from click import exceptions as click_errors  # type: ignore[no-redef,import-not-found]
 
 from sandbox import __version__
 from sandbox.errors import ExitCode, SandboxError
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         code = ExitCode.OK
-    except Exception as error:  # noqa: BLE001 - the last line of defence against tracebacks
+    except Exception as error:
         if _debug:
             raise
         print(f"Error: internal error: {type(error).__name__}: {error}", file=sys.stderr)

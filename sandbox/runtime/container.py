@@ -19,8 +19,13 @@ from types import FrameType
 
 from sandbox import spec as specs
 from sandbox.config import Settings
-from sandbox.errors import ContainerError, ExitCode, SandboxError, UsageError, \
-    exit_code_for_wait_status
+from sandbox.errors import (
+    ContainerError,
+    ExitCode,
+    SandboxError,
+    UsageError,
+    exit_code_for_wait_status,
+)
 from sandbox.rootless import idmap, syscalls, userns
 from sandbox.rootless.channel import Channel, ChannelClosed
 from sandbox.rootless.idmap import IdMapping
@@ -36,7 +41,7 @@ def _stderr_warn(message: str) -> None:
 
 def mapping_for(settings: Settings, requested: str | None, warn: Warn) -> IdMapping:
     mapping = idmap.for_current_user(requested or settings.userns)
-    if mapping.single_reason and not (requested or settings.userns) == "single":
+    if mapping.single_reason and (requested or settings.userns) != "single":
         warn(f"using a single-id mapping: {mapping.single_reason}")
     return mapping
 
@@ -168,8 +173,8 @@ class _SignalForwarder:
         try:
             yield self
         finally:
-            for signum, handler in self.saved.items():
-                signal.signal(signum, handler)  # type: ignore[arg-type]
+            for number, handler in self.saved.items():
+                signal.signal(number, handler)  # type: ignore[arg-type]
 
 
 def _start_and_wait(spec: specs.ContainerSpec, store: ContainerStore,

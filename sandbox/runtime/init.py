@@ -19,6 +19,7 @@ is close-on-exec, so its EOF tells P the command was exec'd.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -80,7 +81,7 @@ def pid1(spec: ContainerSpec, channel: Channel) -> NoReturn:
         if spec.init:
             _reaper(spec, channel, slave, user)
         _exec(spec, channel, slave, user)
-    except BaseException as error:  # noqa: BLE001 - everything must reach the parent
+    except BaseException as error:
         channel.send_error(error)
         code = getattr(error, "exit_code", ExitCode.ENGINE)
         os._exit(int(code))
@@ -198,10 +199,8 @@ def _reaper(spec: ContainerSpec, channel: Channel, slave: int | None,
     syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
 
     def forward(signum: int, _frame: object) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(child, signum)
-        except ProcessLookupError:
-            pass
 
     for signum in FORWARDED:
         signal.signal(signum, forward)
@@ -245,13 +244,9 @@ def _exec(spec: ContainerSpec, channel: Channel, slave: int | None,
         signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     program = process.args[0]
-    error = _execvpe(program, list(process.args), env)
-    not_found = error.errno in (errno.ENOENT, errno.ENOTDIR)
-    code = ExitCode.NOT_FOUND if not_found else ExitCode.CANNOT_EXECUTE
-    what = "executable file not found in $PATH" if not_found and "/" not in program \
-        else error.strerror
-    channel.send_error(ExecError(f"{program}: {what}", exit_code=code))
-    os._exit(code)
+    failure = exec_failure(program, execvpe(program, list(process.args), env))
+    channel.send_error(failure)
+    os._exit(failure.exit_code)
 
 
 def _set_user(spec: ContainerSpec, user: users.User) -> None:
@@ -267,24 +262,38 @@ def _set_user(spec: ContainerSpec, user: users.User) -> None:
                                   "(/etc/subuid, /etc/subgid)") from e
 
 
-def _execvpe(program: str, args: list[str], env: dict[str, str]) -> OSError:
-    """execve with a PATH search in the container's PATH; returns the error that counts."""
+def execvpe(program: str, args: list[str], env: dict[str, str]) -> OSError:
+    """execve with a PATH search in env's PATH, as a shell does; returns the error that counts.
+
+    A candidate that is missing, or behind a directory we cannot search, is skipped (127 if
+    nothing else is found); one that exists but cannot be executed is the answer (126).
+    """
     if "/" in program:
         candidates = [program]
     else:
         path = env.get("PATH", "")
         candidates = [os.path.join(d or ".", program) for d in path.split(":")]
-    first: OSError | None = None
-    last = OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+    found: OSError | None = None
     for candidate in candidates:
         try:
             os.execve(candidate, args, env)
         except OSError as e:
-            # Not there: keep looking. Anything else (EACCES, ENOEXEC) is the real story.
-            if e.errno not in (errno.ENOENT, errno.ENOTDIR) and first is None:
-                first = e
-            last = e
-    return first or last
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                continue
+            if e.errno == errno.EACCES and not os.path.exists(candidate):
+                continue
+            if found is None:
+                found = e
+    return found or OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+
+
+def exec_failure(program: str, error: OSError) -> ExecError:
+    """The error (exit 126 or 127) reported when execvpe failed."""
+    not_found = error.errno in (errno.ENOENT, errno.ENOTDIR)
+    code = ExitCode.NOT_FOUND if not_found else ExitCode.CANNOT_EXECUTE
+    what = "executable file not found in $PATH" if not_found and "/" not in program \
+        else error.strerror
+    return ExecError(f"{program}: {what}", exit_code=code)
 
 
 def _close_fds_except(keep: set[int]) -> None:

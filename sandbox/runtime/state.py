@@ -49,7 +49,7 @@ class Container:
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
 
 
 def boot_id() -> str:
@@ -185,10 +185,8 @@ class ContainerStore:
 
     def forget(self, container: Container) -> None:
         """Drop the record (the caller has removed or is removing the files)."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.dir(container.id) / RECORD)
-        except FileNotFoundError:
-            pass
 
     def check_removable(self, container: Container, force: bool) -> None:
         if container.status == "running" and not force:

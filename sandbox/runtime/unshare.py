@@ -7,9 +7,10 @@ import signal
 import sys
 
 from sandbox.config import Settings
-from sandbox.errors import ExecError, ExitCode, exit_code_for_wait_status
+from sandbox.errors import exit_code_for_wait_status
 from sandbox.rootless import syscalls, userns
 from sandbox.rootless.channel import Channel, ChannelClosed
+from sandbox.runtime import init
 from sandbox.runtime.container import mapping_for
 
 
@@ -20,12 +21,7 @@ def run(settings: Settings, command: list[str]) -> int:
 
     def target(channel: Channel) -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        try:
-            os.execvpe(argv[0], argv, env)
-        except OSError as e:
-            code = ExitCode.NOT_FOUND if e.errno == 2 else ExitCode.CANNOT_EXECUTE
-            raise ExecError(f"{argv[0]}: {e.strerror}", exit_code=code) from e
-        return 0
+        raise init.exec_failure(argv[0], init.execvpe(argv[0], argv, env))
 
     # The command stays in our process group and session, so ^C and the terminal work as for
     # any foreground program; we only wait for it.
