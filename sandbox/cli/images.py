@@ -80,10 +80,18 @@ def remove_images(images: list[str], force: bool) -> None:
     from sandbox.cli.main import print_error
     from sandbox.errors import SandboxError
 
+    from sandbox import config
+    from sandbox.runtime import container
+
+    settings = config.load()
     store = _store()
     failed = 0
     for name in images:
         try:
+            image = store.lookup(name)
+            if len(image.names) <= 1 or image.id.startswith(name):
+                # The image itself would go: its containers need it for their root.
+                container.release_image(settings, image.id, force=force)
             untagged, deleted = store.remove(name, force=force)
         except SandboxError as error:
             print_error(error)

@@ -23,7 +23,7 @@ SUBGID = Path("/etc/subgid")
 
 @dataclasses.dataclass(frozen=True)
 class IdRange:
-    """One line of /proc/PID/uid_map: container ids [inside, inside+size) are host [outside, ...)."""
+    """A line of /proc/PID/uid_map: ids [inside, inside+size) are host ids [outside, ...)."""
 
     inside: int
     outside: int
@@ -105,7 +105,7 @@ def for_current_user(mode: str = "auto") -> IdMapping:
     name, uid, gid = current_user()
     single = (IdRange(0, uid, 1),), (IdRange(0, gid, 1),)
     if mode == "single":
-        return IdMapping(*single, single_reason="requested with --userns=single")
+        return IdMapping(*single, single_reason="a single-id mapping was requested (userns: single)")
     subuids = read_subids(SUBUID, name, uid)
     subgids = read_subids(SUBGID, name, uid)
     reason = None

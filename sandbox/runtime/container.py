@@ -290,3 +290,19 @@ def remove(settings: Settings, name_or_id: str, *, force: bool = False,
             os.kill(container.pid, signal.SIGKILL)
     remove_files(store, container, mapping_for(settings, None, warn))
     return container
+
+
+def release_image(settings: Settings, image_id: str, *, force: bool,
+                  warn: Warn = _stderr_warn) -> None:
+    """Before an image is deleted: refuse while containers use it, or with force remove them."""
+    store = ContainerStore(settings.containers_root)
+    users = [c for c in store.list() if c.image_id == image_id]
+    if not users:
+        return
+    if not force:
+        names = ", ".join(c.name for c in users)
+        raise ContainerError(f"image {image_id[:12]} is in use by container(s) {names}",
+                             hint=f"remove them first ('sandbox rm {users[0].name}'), or use "
+                                  "'sandbox rmi -f' to remove them too")
+    for c in users:
+        remove(settings, c.id, force=True, warn=warn)

@@ -181,3 +181,16 @@ def test_unshare_sees_subordinate_owned_files_as_root(
 def test_debian_import_keeps_shadow_group(debian_image: str, sandbox_env: SandboxEnv) -> None:
     out = _ok(sandbox_env.run("run", "--rm", debian_image, "stat", "-c", "%u:%g %a", "/etc/shadow"))
     assert out.split() == ["0:42", "640"]
+
+
+def test_rmi_refuses_an_image_a_container_uses(fresh_sandbox_env: SandboxEnv,
+                                               busybox_tarball: Path) -> None:
+    run = fresh_sandbox_env.run
+    _ok(run("image", "import", busybox_tarball, "used"))
+    _ok(run("run", "--name", "user-of-image", "used", "true"))
+    refused = run("rmi", "used")
+    assert refused.returncode == 125 and "user-of-image" in refused.stderr
+    assert _ok(run("images", "-q")) != ""
+    _ok(run("rmi", "-f", "used"))
+    assert _ok(run("images", "-q")) == "" and _ok(run("ps", "-aq")) == ""
+    assert _layers(fresh_sandbox_env) == []
