@@ -92,11 +92,16 @@ def _private_dir(path: Path) -> Path:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = os.lstat(path)
     except OSError as e:
-        raise HostError(f"cannot create the state directory {path}", context=e.strerror,
-                        hint="set XDG_RUNTIME_DIR to a directory you own") from e
+        raise HostError(
+            f"cannot create the state directory {path}",
+            context=e.strerror,
+            hint="set XDG_RUNTIME_DIR to a directory you own",
+        ) from e
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise HostError(f"{path} is not a directory owned by you",
-                        hint="remove it, or set XDG_RUNTIME_DIR to a directory you own")
+        raise HostError(
+            f"{path} is not a directory owned by you",
+            hint="remove it, or set XDG_RUNTIME_DIR to a directory you own",
+        )
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)
     return path
@@ -129,11 +134,11 @@ def _read_file(path: Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: unknown key {key!r}", hint=f"known keys: {known}")
         kind, allowed = _KEYS[key]
         if not isinstance(value, kind):
-            raise ConfigError(f"{path}: {key} must be a {kind.__name__}, "
-                              f"not {type(value).__name__}")
+            raise ConfigError(
+                f"{path}: {key} must be a {kind.__name__}, not {type(value).__name__}"
+            )
         if allowed is not None and value not in allowed:
-            raise ConfigError(f"{path}: {key} must be one of {', '.join(allowed)}, "
-                              f"not {value!r}")
+            raise ConfigError(f"{path}: {key} must be one of {', '.join(allowed)}, not {value!r}")
     return doc
 
 

@@ -89,7 +89,8 @@ class ContainerNotFound(ContainerError):
 class ExecError(SandboxError):
     """The container's command could not be executed (exit 126) or found (exit 127)."""
 
-    def __init__(self, message: str, *, exit_code: int, context: str | None = None,
-                 hint: str | None = None):
+    def __init__(
+        self, message: str, *, exit_code: int, context: str | None = None, hint: str | None = None
+    ):
         super().__init__(message, context=context, hint=hint)
         self.exit_code = exit_code

@@ -32,10 +32,15 @@ def default_mounts() -> tuple[Mount, ...]:
     return (
         Mount("/proc", "proc", "proc", ("nosuid", "noexec", "nodev")),
         Mount("/dev", "tmpfs", "tmpfs", _TMPFS_DEV),
-        Mount("/dev/pts", "devpts", "devpts",
-              ("nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620")),
-        Mount("/dev/shm", "tmpfs", "shm",
-              ("nosuid", "noexec", "nodev", "mode=1777", "size=65536k")),
+        Mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            ("nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"),
+        ),
+        Mount(
+            "/dev/shm", "tmpfs", "shm", ("nosuid", "noexec", "nodev", "mode=1777", "size=65536k")
+        ),
         Mount("/dev/mqueue", "mqueue", "mqueue", ("nosuid", "noexec", "nodev")),
         Mount("/sys", "sysfs", "sysfs", ("nosuid", "noexec", "nodev", "ro")),
     )
@@ -125,8 +130,10 @@ def parse_env_file(path: str) -> list[str]:
 def _env_entry(item: str, where: str) -> str:
     key, has_value, value = item.partition("=")
     if not _ENV_KEY_RE.match(key):
-        raise UsageError(f"invalid environment variable {item!r} ({where})",
-                         hint="use KEY=VALUE, or KEY to copy it from your environment")
+        raise UsageError(
+            f"invalid environment variable {item!r} ({where})",
+            hint="use KEY=VALUE, or KEY to copy it from your environment",
+        )
     if has_value:
         return f"{key}={value}"
     host = os.environ.get(key)
@@ -147,19 +154,22 @@ def parse_volume(text: str) -> Mount:
     """-v HOST:CONTAINER[:OPTIONS] -> a bind Mount (HOST must exist, as podman requires)."""
     parts = text.split(":")
     if len(parts) < 2 or len(parts) > 3 or not parts[0] or not parts[1]:
-        raise UsageError(f"invalid volume {text!r}",
-                         hint="use -v HOSTPATH:CONTAINERPATH[:ro]")
+        raise UsageError(f"invalid volume {text!r}", hint="use -v HOSTPATH:CONTAINERPATH[:ro]")
     host, target = parts[0], parts[1]
     opts = parts[2].split(",") if len(parts) == 3 and parts[2] else []
     if not host.startswith("/") and not host.startswith("."):
-        raise UsageError(f"invalid volume {text!r}: named volumes are not supported yet",
-                         hint="give an absolute host path, e.g. -v $PWD/data:/data")
+        raise UsageError(
+            f"invalid volume {text!r}: named volumes are not supported yet",
+            hint="give an absolute host path, e.g. -v $PWD/data:/data",
+        )
     if not target.startswith("/"):
         raise UsageError(f"invalid volume {text!r}: the container path must be absolute")
     source = os.path.abspath(host)
     if not os.path.exists(source):
-        raise UsageError(f"volume source {source} does not exist",
-                         hint="create it first (mkdir -p), or fix the path")
+        raise UsageError(
+            f"volume source {source} does not exist",
+            hint="create it first (mkdir -p), or fix the path",
+        )
     options = ["rbind"]
     for opt in opts:
         if opt in ("ro", "rw"):
@@ -167,8 +177,9 @@ def parse_volume(text: str) -> Mount:
         elif opt in ("z", "Z", "rprivate", "private"):
             continue
         else:
-            raise UsageError(f"invalid volume option {opt!r} in {text!r}",
-                             hint="supported: ro, rw, z, Z")
+            raise UsageError(
+                f"invalid volume option {opt!r} in {text!r}", hint="supported: ro, rw, z, Z"
+            )
     return Mount(os.path.normpath(target), "bind", source, tuple(options))
 
 
@@ -192,8 +203,10 @@ def command_line(image_config: Mapping[str, Any], options: RunOptions) -> tuple[
         cmd = list(options.command) or list(image_config.get("Cmd") or [])
     args = tuple(entrypoint + cmd)
     if not args:
-        raise UsageError(f"no command given and image {options.image} has none",
-                         hint=f"sandbox run {options.image} COMMAND")
+        raise UsageError(
+            f"no command given and image {options.image} has none",
+            hint=f"sandbox run {options.image} COMMAND",
+        )
     return args
 
 
@@ -213,18 +226,30 @@ def _parse_entrypoint(text: str) -> list[str]:
 
 def validate_name(name: str) -> str:
     if not _NAME_RE.match(name) or len(name) > 128:
-        raise UsageError(f"invalid container name {name!r}",
-                         hint="names start with a letter or digit and contain only "
-                              "letters, digits, '_', '.' and '-'")
+        raise UsageError(
+            f"invalid container name {name!r}",
+            hint="names start with a letter or digit and contain only "
+            "letters, digits, '_', '.' and '-'",
+        )
     return name
 
 
-def build(options: RunOptions, *, container_id: str, name: str, image_config: Mapping[str, Any],
-          image_id: str | None, root: Root, mapping: IdMapping, etc_dir: Path) -> ContainerSpec:
+def build(
+    options: RunOptions,
+    *,
+    container_id: str,
+    name: str,
+    image_config: Mapping[str, Any],
+    image_id: str | None,
+    root: Root,
+    mapping: IdMapping,
+    etc_dir: Path,
+) -> ContainerSpec:
     """Validate options against each other and the image; no side effects."""
     if options.hostname is not None and not _HOSTNAME_RE.match(options.hostname):
-        raise UsageError(f"invalid hostname {options.hostname!r}",
-                         hint="up to 63 letters, digits, '-' and '.'")
+        raise UsageError(
+            f"invalid hostname {options.hostname!r}", hint="up to 63 letters, digits, '-' and '.'"
+        )
     hostname = options.hostname or container_id[:12]
     workdir = options.workdir or image_config.get("WorkingDir") or "/"
     if not str(workdir).startswith("/"):
@@ -233,10 +258,13 @@ def build(options: RunOptions, *, container_id: str, name: str, image_config: Ma
     for path in options.env_files:
         env_from_files += parse_env_file(path)
     cli_env = [e for e in (_env_entry(item, "-e") for item in options.env) if e]
-    env = merge_env([f"PATH={DEFAULT_PATH}"], list(image_config.get("Env") or []),
-                    [f"HOSTNAME={hostname}", "container=sandbox"]
-                    + (["TERM=xterm"] if options.tty else []),
-                    env_from_files, cli_env)
+    env = merge_env(
+        [f"PATH={DEFAULT_PATH}"],
+        list(image_config.get("Env") or []),
+        [f"HOSTNAME={hostname}", "container=sandbox"] + (["TERM=xterm"] if options.tty else []),
+        env_from_files,
+        cli_env,
+    )
     user = options.user or image_config.get("User") or "0"
     mounts = list(default_mounts())
     if options.read_only:
@@ -245,18 +273,25 @@ def build(options: RunOptions, *, container_id: str, name: str, image_config: Ma
     mounts += [parse_volume(v) for v in options.volumes]
     mounts += [parse_tmpfs(t) for t in options.tmpfs]
     seen: set[str] = set()
-    for m in mounts[len(default_mounts()):]:
+    for m in mounts[len(default_mounts()) :]:
         if m.destination in seen:
-            raise UsageError(f"two mounts on {m.destination}",
-                             hint="give each -v/--tmpfs its own container path")
+            raise UsageError(
+                f"two mounts on {m.destination}", hint="give each -v/--tmpfs its own container path"
+            )
         seen.add(m.destination)
     etc_files = tuple((f"/etc/{n}", etc_dir / n) for n in ("hostname", "hosts", "resolv.conf"))
     return ContainerSpec(
         id=container_id,
         name=name,
         hostname=hostname,
-        process=Process(args=command_line(image_config, options), env=env, cwd=str(workdir),
-                        user=str(user), terminal=options.tty, interactive=options.interactive),
+        process=Process(
+            args=command_line(image_config, options),
+            env=env,
+            cwd=str(workdir),
+            user=str(user),
+            terminal=options.tty,
+            interactive=options.interactive,
+        ),
         root=dataclasses.replace(root, readonly=options.read_only),
         mounts=tuple(mounts),
         etc_files=etc_files,

@@ -6,8 +6,11 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("ps", help="List containers (running ones; -a for all).\n\n"
-                            "Examples:\n\n  sandbox ps -a\n\n  sandbox ps -a --format json")
+    @app.command(
+        "ps",
+        help="List containers (running ones; -a for all).\n\n"
+        "Examples:\n\n  sandbox ps -a\n\n  sandbox ps -a --format json",
+    )
     def ps(
         all_: bool = typer.Option(False, "--all", "-a", help="Show exited containers too."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only ids."),
@@ -32,12 +35,24 @@ def register(app: typer.Typer) -> None:
             for c in containers:
                 print(c.short_id)
             return
-        rows = [(c.short_id, c.image, render.command(c.command), render.ago(c.created),
-                 render.status(c), c.name) for c in containers]
+        rows = [
+            (
+                c.short_id,
+                c.image,
+                render.command(c.command),
+                render.ago(c.created),
+                render.status(c),
+                c.name,
+            )
+            for c in containers
+        ]
         render.table(("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"), rows)
 
-    @app.command("rm", help="Remove containers.\n\nExamples:\n\n  sandbox rm web\n\n"
-                            "  sandbox rm -f $(sandbox ps -aq)")
+    @app.command(
+        "rm",
+        help="Remove containers.\n\nExamples:\n\n  sandbox rm web\n\n"
+        "  sandbox rm -f $(sandbox ps -aq)",
+    )
     def rm(
         containers: list[str] = typer.Argument(..., help="Names or ids."),
         force: bool = typer.Option(False, "--force", "-f", help="Kill running ones first."),

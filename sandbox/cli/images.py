@@ -77,10 +77,9 @@ def list_images(quiet: bool, format_: str, no_trunc: bool) -> None:
 
 
 def remove_images(images: list[str], force: bool) -> None:
+    from sandbox import config
     from sandbox.cli.main import print_error
     from sandbox.errors import SandboxError
-
-    from sandbox import config
     from sandbox.runtime import container
 
     settings = config.load()

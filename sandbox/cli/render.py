@@ -32,7 +32,7 @@ def parse_time(text: str) -> datetime.datetime | None:
     except (ValueError, AttributeError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
+        when = when.replace(tzinfo=datetime.UTC)
     return when
 
 
@@ -40,7 +40,7 @@ def ago(text: str | None) -> str:
     when = parse_time(text) if text else None
     if when is None:
         return "unknown"
-    seconds = int((datetime.datetime.now(datetime.timezone.utc) - when).total_seconds())
+    seconds = int((datetime.datetime.now(datetime.UTC) - when).total_seconds())
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= size:
             count = seconds // size
@@ -64,9 +64,17 @@ def status(container: Container) -> str:
 
 def container_json(c: Container) -> dict[str, Any]:
     return {
-        "Id": c.id, "Names": [c.name], "Image": c.image, "ImageID": c.image_id,
-        "Command": list(c.command), "Created": c.created, "State": c.status,
-        "Status": status(c), "Pid": c.pid if c.status == "running" else 0,
-        "ExitCode": c.exit_code, "StartedAt": c.started_at, "ExitedAt": c.finished_at,
+        "Id": c.id,
+        "Names": [c.name],
+        "Image": c.image,
+        "ImageID": c.image_id,
+        "Command": list(c.command),
+        "Created": c.created,
+        "State": c.status,
+        "Status": status(c),
+        "Pid": c.pid if c.status == "running" else 0,
+        "ExitCode": c.exit_code,
+        "StartedAt": c.started_at,
+        "ExitedAt": c.finished_at,
         "AutoRemove": c.remove,
     }

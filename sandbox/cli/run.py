@@ -36,16 +36,17 @@ def register(app: typer.Typer) -> None:
         workdir: str = typer.Option(None, "--workdir", "-w", help="Working directory inside."),
         user: str = typer.Option(None, "--user", "-u", help="USER[:GROUP], names or ids."),
         hostname: str = typer.Option(None, "--hostname", "-h", help="Container host name."),
-        volume: list[str] = typer.Option([], "--volume", "-v",
-                                         help="Bind HOSTPATH:PATH[:ro]."),
+        volume: list[str] = typer.Option([], "--volume", "-v", help="Bind HOSTPATH:PATH[:ro]."),
         tmpfs: list[str] = typer.Option([], "--tmpfs", help="Mount a tmpfs at PATH[:OPTS]."),
         read_only: bool = typer.Option(False, "--read-only", help="Read-only root filesystem."),
         entrypoint: str = typer.Option(None, "--entrypoint", help="Override the entrypoint."),
         init: bool = typer.Option(False, "--init", help="Run a reaper as PID 1."),
-        rootfs: bool = typer.Option(False, "--rootfs",
-                                    help="IMAGE is a root filesystem directory."),
-        userns: str = typer.Option(None, "--userns",
-                                   help="auto, subids, or single (map only your own id)."),
+        rootfs: bool = typer.Option(
+            False, "--rootfs", help="IMAGE is a root filesystem directory."
+        ),
+        userns: str = typer.Option(
+            None, "--userns", help="auto, subids, or single (map only your own id)."
+        ),
     ) -> None:
         from sandbox import config
         from sandbox.runtime import container
@@ -54,13 +55,28 @@ def register(app: typer.Typer) -> None:
         if userns is not None and userns not in config.USERNS_MODES:
             from sandbox.errors import UsageError
 
-            raise UsageError(f"invalid --userns {userns!r}",
-                             hint=f"use one of: {', '.join(config.USERNS_MODES)}")
+            raise UsageError(
+                f"invalid --userns {userns!r}", hint=f"use one of: {', '.join(config.USERNS_MODES)}"
+            )
         options = RunOptions(
-            image=image, command=tuple(command or ()), remove=remove,
-            interactive=interactive, tty=tty, name=name, env=tuple(env),
-            env_files=tuple(env_file), workdir=workdir, user=user, hostname=hostname,
-            volumes=tuple(volume), tmpfs=tuple(tmpfs), read_only=read_only,
-            entrypoint=entrypoint, init=init, rootfs=rootfs, userns=userns)
+            image=image,
+            command=tuple(command or ()),
+            remove=remove,
+            interactive=interactive,
+            tty=tty,
+            name=name,
+            env=tuple(env),
+            env_files=tuple(env_file),
+            workdir=workdir,
+            user=user,
+            hostname=hostname,
+            volumes=tuple(volume),
+            tmpfs=tuple(tmpfs),
+            read_only=read_only,
+            entrypoint=entrypoint,
+            init=init,
+            rootfs=rootfs,
+            userns=userns,
+        )
         code = container.run(config.load(), options)
         raise typer.Exit(code)

@@ -14,11 +14,12 @@ def register(app: typer.Typer) -> None:
         "unshare",
         context_settings={"allow_interspersed_args": False},
         help="Run a command in your user namespace (ids mapped as in containers).\n\n"
-             "Examples:\n\n  sandbox unshare cat /proc/self/uid_map\n\n"
-             "  sandbox unshare rm -rf ~/.local/share/sandbox",
+        "Examples:\n\n  sandbox unshare cat /proc/self/uid_map\n\n"
+        "  sandbox unshare rm -rf ~/.local/share/sandbox",
     )
-    def unshare(command: list[str] = typer.Argument(None, help="Command (default: $SHELL).")
-                ) -> None:
+    def unshare(
+        command: list[str] = typer.Argument(None, help="Command (default: $SHELL)."),
+    ) -> None:
         from sandbox import config
         from sandbox.runtime import unshare as engine
 

@@ -95,8 +95,9 @@ def _copy_meta(src: str, dst: Path, st: os.stat_result) -> None:
         for name in os.listxattr(src, follow_symlinks=False):
             if name.startswith("user.overlay."):
                 continue
-            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False),
-                        follow_symlinks=False)
+            os.setxattr(
+                dst, name, os.getxattr(src, name, follow_symlinks=False), follow_symlinks=False
+            )
     except OSError:
         pass  # xattrs are best effort (security.* may be refused in a user namespace)
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)

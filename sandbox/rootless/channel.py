@@ -9,6 +9,7 @@ errors from inside a namespace read exactly like errors from the parent.
 from __future__ import annotations
 
 import array
+import contextlib
 import json
 import os
 import socket
@@ -51,7 +52,8 @@ class Channel:
         """The next message and any descriptors that came with it; raises ChannelClosed at EOF."""
         fds = array.array("i")
         data, ancdata, _flags, _addr = self.sock.recvmsg(
-            _MAX_MESSAGE, socket.CMSG_SPACE(_MAX_FDS * fds.itemsize))
+            _MAX_MESSAGE, socket.CMSG_SPACE(_MAX_FDS * fds.itemsize)
+        )
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
@@ -72,27 +74,41 @@ class Channel:
         if message["type"] != kind:
             for fd in fds:
                 os.close(fd)
-            raise SandboxError("internal protocol error",
-                               context=f"expected {kind!r}, got {message['type']!r}")
+            raise SandboxError(
+                "internal protocol error", context=f"expected {kind!r}, got {message['type']!r}"
+            )
         return message, fds
 
     def send_error(self, error: BaseException) -> None:
         """Report a failure to the other side; never raises (the other side may be gone)."""
-        try:
+        with contextlib.suppress(OSError):
             self.send("error", **error_to_message(error))
-        except OSError:
-            pass
 
 
 def error_to_message(error: BaseException) -> dict[str, Any]:
     if isinstance(error, SandboxError):
-        return {"message": error.message, "context": error.context, "hint": error.hint,
-                "exit_code": int(error.exit_code), "class": type(error).__name__}
+        return {
+            "message": error.message,
+            "context": error.context,
+            "hint": error.hint,
+            "exit_code": int(error.exit_code),
+            "class": type(error).__name__,
+        }
     if isinstance(error, OSError):
-        return {"message": error.strerror or str(error), "context": None, "hint": None,
-                "exit_code": 125, "class": "SandboxError"}
-    return {"message": f"{type(error).__name__}: {error}", "context": None, "hint": None,
-            "exit_code": 125, "class": "SandboxError"}
+        return {
+            "message": error.strerror or str(error),
+            "context": None,
+            "hint": None,
+            "exit_code": 125,
+            "class": "SandboxError",
+        }
+    return {
+        "message": f"{type(error).__name__}: {error}",
+        "context": None,
+        "hint": None,
+        "exit_code": 125,
+        "class": "SandboxError",
+    }
 
 
 def error_from_message(message: dict[str, Any]) -> SandboxError:
@@ -101,7 +117,8 @@ def error_from_message(message: dict[str, Any]) -> SandboxError:
     cls = getattr(errors, str(message.get("class", "SandboxError")), SandboxError)
     if not (isinstance(cls, type) and issubclass(cls, SandboxError)) or cls is errors.ExecError:
         cls = SandboxError
-    error = cls(str(message.get("message")), context=message.get("context"),
-                hint=message.get("hint"))
+    error = cls(
+        str(message.get("message")), context=message.get("context"), hint=message.get("hint")
+    )
     error.exit_code = int(message.get("exit_code", 125))
     return error

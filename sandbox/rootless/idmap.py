@@ -105,16 +105,22 @@ def for_current_user(mode: str = "auto") -> IdMapping:
     name, uid, gid = current_user()
     single = (IdRange(0, uid, 1),), (IdRange(0, gid, 1),)
     if mode == "single":
-        return IdMapping(*single, single_reason="a single-id mapping was requested (userns: single)")
+        return IdMapping(
+            *single, single_reason="a single-id mapping was requested (userns: single)"
+        )
     subuids = read_subids(SUBUID, name, uid)
     subgids = read_subids(SUBGID, name, uid)
     reason = None
     if not subuids:
-        reason = (f"no subordinate uids for {name} in {SUBUID}; add '{name}:100000:65536' "
-                  f"(or run 'usermod --add-subuids 100000-165535 {name}' as root)")
+        reason = (
+            f"no subordinate uids for {name} in {SUBUID}; add '{name}:100000:65536' "
+            f"(or run 'usermod --add-subuids 100000-165535 {name}' as root)"
+        )
     elif not subgids:
-        reason = (f"no subordinate gids for {name} in {SUBGID}; add '{name}:100000:65536' "
-                  f"(or run 'usermod --add-subgids 100000-165535 {name}' as root)")
+        reason = (
+            f"no subordinate gids for {name} in {SUBGID}; add '{name}:100000:65536' "
+            f"(or run 'usermod --add-subgids 100000-165535 {name}' as root)"
+        )
     else:
         for helper in ("newuidmap", "newgidmap"):
             if shutil.which(helper) is None:
@@ -148,13 +154,16 @@ def write_mapping(pid: int, mapping: IdMapping) -> None:
         try:
             done = subprocess.run(args, capture_output=True, text=True, check=False)
         except OSError as e:
-            raise HostError(f"cannot run {helper}", context=e.strerror,
-                            hint="install the 'uidmap' package") from e
+            raise HostError(
+                f"cannot run {helper}", context=e.strerror, hint="install the 'uidmap' package"
+            ) from e
         if done.returncode != 0:
-            raise HostError(f"{helper} refused the mapping for process {pid}",
-                            context=done.stderr.strip() or f"exit status {done.returncode}",
-                            hint=f"check that {helper} is setuid root "
-                                 f"and that {SUBUID} and {SUBGID} grant these ranges")
+            raise HostError(
+                f"{helper} refused the mapping for process {pid}",
+                context=done.stderr.strip() or f"exit status {done.returncode}",
+                hint=f"check that {helper} is setuid root "
+                f"and that {SUBUID} and {SUBGID} grant these ranges",
+            )
 
 
 def _write_single(pid: int, mapping: IdMapping) -> None:

@@ -8,6 +8,7 @@ mounted through /proc/self/fd/N, so a symlink the image planted (/etc/hosts -> /
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import stat
@@ -30,17 +31,36 @@ from sandbox.rootless.syscalls import (
 
 # Mount option words -> (flags to set, flags to clear); the rest goes to the filesystem as data.
 _FLAG_WORDS: dict[str, tuple[int, int]] = {
-    "ro": (MS_RDONLY, 0), "rw": (0, MS_RDONLY),
-    "nosuid": (MS_NOSUID, 0), "suid": (0, MS_NOSUID),
-    "nodev": (MS_NODEV, 0), "dev": (0, MS_NODEV),
-    "noexec": (MS_NOEXEC, 0), "exec": (0, MS_NOEXEC),
-    "bind": (MS_BIND, 0), "rbind": (MS_BIND | MS_REC, 0),
-    "relatime": (syscalls.MS_RELATIME, 0), "noatime": (syscalls.MS_NOATIME, 0),
-    "strictatime": (syscalls.MS_STRICTATIME, 0), "nodiratime": (syscalls.MS_NODIRATIME, 0),
+    "ro": (MS_RDONLY, 0),
+    "rw": (0, MS_RDONLY),
+    "nosuid": (MS_NOSUID, 0),
+    "suid": (0, MS_NOSUID),
+    "nodev": (MS_NODEV, 0),
+    "dev": (0, MS_NODEV),
+    "noexec": (MS_NOEXEC, 0),
+    "exec": (0, MS_NOEXEC),
+    "bind": (MS_BIND, 0),
+    "rbind": (MS_BIND | MS_REC, 0),
+    "relatime": (syscalls.MS_RELATIME, 0),
+    "noatime": (syscalls.MS_NOATIME, 0),
+    "strictatime": (syscalls.MS_STRICTATIME, 0),
+    "nodiratime": (syscalls.MS_NODIRATIME, 0),
 }
 # Options that only matter to other runtimes or to SELinux, accepted and ignored.
-_IGNORED_WORDS = {"z", "Z", "private", "rprivate", "shared", "rshared", "slave", "rslave",
-                  "defaults", "U", "copy", "nocopy"}
+_IGNORED_WORDS = {
+    "z",
+    "Z",
+    "private",
+    "rprivate",
+    "shared",
+    "rshared",
+    "slave",
+    "rslave",
+    "defaults",
+    "U",
+    "copy",
+    "nocopy",
+}
 
 # Devices every container gets, bind-mounted from the host (mknod is not allowed rootless).
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -90,16 +110,18 @@ def mount_overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path)
         data = f"lowerdir={':'.join(names)},upperdir={upper},workdir={work},userxattr"
         syscalls.mount("overlay", str(target), "overlay", 0, data)
     except OSError as e:
-        raise ContainerError("cannot mount the container's overlay root", context=e.strerror,
-                             hint="set storage_driver: vfs in config.yaml if this kernel "
-                                  "cannot mount overlay in a user namespace") from e
+        raise ContainerError(
+            "cannot mount the container's overlay root",
+            context=e.strerror,
+            hint="set storage_driver: vfs in config.yaml if this kernel "
+            "cannot mount overlay in a user namespace",
+        ) from e
     finally:
         os.fchdir(cwd)
         os.close(cwd)
 
 
-def open_in_root(root_fd: int, path: str, *, create: str | None = None,
-                 mode: int = 0o755) -> int:
+def open_in_root(root_fd: int, path: str, *, create: str | None = None, mode: int = 0o755) -> int:
     """An O_PATH fd for path inside the root, resolved as if root_fd were "/".
 
     create: None (must exist), "dir" or "file": create the leaf (and missing parent
@@ -126,8 +148,14 @@ def open_in_root(root_fd: int, path: str, *, create: str | None = None,
                 if create == "dir":
                     os.mkdir(leaf, mode, dir_fd=real)
                 else:
-                    os.close(os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                                     | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=real))
+                    os.close(
+                        os.open(
+                            leaf,
+                            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                            0o644,
+                            dir_fd=real,
+                        )
+                    )
             except FileExistsError:
                 pass  # a dangling symlink, or a race with ourselves: resolve again below
         finally:
@@ -154,11 +182,11 @@ def mount_at(root_fd: int, mount: Mount, *, locked_flags_from: str | None = None
         return
     target = open_in_root(root_fd, mount.destination, create="dir")
     try:
-        syscalls.mount(mount.source or mount.type, fd_path(target), mount.type, flags,
-                       data or None)
+        syscalls.mount(mount.source or mount.type, fd_path(target), mount.type, flags, data or None)
     except OSError as e:
-        raise ContainerError(f"cannot mount {mount.type} on {mount.destination}",
-                             context=e.strerror) from e
+        raise ContainerError(
+            f"cannot mount {mount.type} on {mount.destination}", context=e.strerror
+        ) from e
     finally:
         os.close(target)
 
@@ -183,8 +211,9 @@ def _bind(root_fd: int, mount: Mount, flags: int) -> None:
             finally:
                 os.close(mounted)
     except OSError as e:
-        raise ContainerError(f"cannot bind-mount {mount.source} on {mount.destination}",
-                             context=e.strerror) from e
+        raise ContainerError(
+            f"cannot bind-mount {mount.source} on {mount.destination}", context=e.strerror
+        ) from e
     finally:
         os.close(target)
 
@@ -197,11 +226,15 @@ def remount_bind(path: str, flags: int) -> None:
     """
     st = os.statvfs(path)
     locked = 0
-    for bit, flag in ((os.ST_RDONLY, MS_RDONLY), (os.ST_NOSUID, MS_NOSUID),
-                      (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
-                      (os.ST_NOATIME, syscalls.MS_NOATIME),
-                      (os.ST_NODIRATIME, syscalls.MS_NODIRATIME),
-                      (os.ST_RELATIME, syscalls.MS_RELATIME)):
+    for bit, flag in (
+        (os.ST_RDONLY, MS_RDONLY),
+        (os.ST_NOSUID, MS_NOSUID),
+        (os.ST_NODEV, MS_NODEV),
+        (os.ST_NOEXEC, MS_NOEXEC),
+        (os.ST_NOATIME, syscalls.MS_NOATIME),
+        (os.ST_NODIRATIME, syscalls.MS_NODIRATIME),
+        (os.ST_RELATIME, syscalls.MS_RELATIME),
+    ):
         if st.f_flag & bit:
             locked |= flag
     syscalls.mount(None, path, None, MS_REMOUNT | MS_BIND | locked | flags)
@@ -225,13 +258,16 @@ def setup_dev(root_fd: int, *, console: str | None = None) -> None:
                 syscalls.mount(host, fd_path(target), None, MS_BIND)
             finally:
                 os.close(target)
-        for name, points_to in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                                ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
-                                ("ptmx", "pts/ptmx"), ("core", "/proc/kcore")):
-            try:
+        for name, points_to in (
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+            ("ptmx", "pts/ptmx"),
+            ("core", "/proc/kcore"),
+        ):
+            with contextlib.suppress(FileExistsError):
                 os.symlink(points_to, name, dir_fd=dev_dir)
-            except FileExistsError:
-                pass
         if console is not None:
             _touch(dev_dir, "console")
             target = syscalls.openat2(dev_dir, "console", os.O_PATH)
@@ -244,8 +280,9 @@ def setup_dev(root_fd: int, *, console: str | None = None) -> None:
 
 
 def _touch(dir_fd: int, name: str) -> None:
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666,
-                 dir_fd=dir_fd)
+    fd = os.open(
+        name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=dir_fd
+    )
     os.close(fd)
 
 
@@ -266,4 +303,3 @@ def pivot(root: str) -> None:
 
 def remount_root_readonly() -> None:
     remount_bind("/", MS_RDONLY)
-

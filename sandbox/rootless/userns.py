@@ -32,12 +32,15 @@ Target = Callable[[Channel], int]
 def assert_single_threaded() -> None:
     if threading.active_count() != 1:
         names = ", ".join(t.name for t in threading.enumerate())
-        raise SandboxError("internal error: cannot create namespaces from a threaded process",
-                           context=f"threads: {names}")
+        raise SandboxError(
+            "internal error: cannot create namespaces from a threaded process",
+            context=f"threads: {names}",
+        )
 
 
-def spawn(mapping: IdMapping, target: Target, *, flags: int = 0,
-          pdeathsig: int = signal.SIGKILL) -> tuple[int, Channel]:
+def spawn(
+    mapping: IdMapping, target: Target, *, flags: int = 0, pdeathsig: int = signal.SIGKILL
+) -> tuple[int, Channel]:
     """Fork a child that enters a new user namespace (plus `flags`) and runs target(channel).
 
     Returns once the child is mapped: (child pid, the parent's end of the channel). The child
@@ -64,8 +67,9 @@ def spawn(mapping: IdMapping, target: Target, *, flags: int = 0,
     return pid, parent_end
 
 
-def _child(mapping: IdMapping, target: Target, channel: Channel, flags: int,
-           pdeathsig: int) -> None:  # pragma: no cover - runs in the child
+def _child(
+    mapping: IdMapping, target: Target, channel: Channel, flags: int, pdeathsig: int
+) -> None:  # pragma: no cover - runs in the child
     code = 125
     try:
         # Die with the parent: a container must not outlive the process that answers for it.
@@ -73,10 +77,13 @@ def _child(mapping: IdMapping, target: Target, channel: Channel, flags: int,
         try:
             syscalls.unshare(syscalls.CLONE_NEWUSER | flags)
         except OSError as e:
-            raise HostError("cannot create a user namespace", context=e.strerror,
-                            hint="run 'sandbox doctor'; unprivileged user namespaces may be "
-                                 "disabled (sysctl user.max_user_namespaces, "
-                                 "kernel.apparmor_restrict_unprivileged_userns)") from e
+            raise HostError(
+                "cannot create a user namespace",
+                context=e.strerror,
+                hint="run 'sandbox doctor'; unprivileged user namespaces may be "
+                "disabled (sysctl user.max_user_namespaces, "
+                "kernel.apparmor_restrict_unprivileged_userns)",
+            ) from e
         channel.send("unshared")
         channel.expect("mapped")
         # Become root of the namespace in every id slot (the mapping makes us 0 already in
@@ -86,7 +93,7 @@ def _child(mapping: IdMapping, target: Target, channel: Channel, flags: int,
         if not mapping.single:
             os.setgroups([])
         code = target(channel)
-    except BaseException as error:  # noqa: BLE001 - everything must reach the parent
+    except BaseException as error:
         channel.send_error(error)
         code = getattr(error, "exit_code", 125) if isinstance(error, SandboxError) else 125
     finally:
@@ -108,8 +115,13 @@ def _reap(pid: int) -> int:
             continue
 
 
-def run(mapping: IdMapping, target: Target, *, flags: int = 0,
-        on_message: Callable[[dict[str, Any], list[int]], None] | None = None) -> int:
+def run(
+    mapping: IdMapping,
+    target: Target,
+    *,
+    flags: int = 0,
+    on_message: Callable[[dict[str, Any], list[int]], None] | None = None,
+) -> int:
     """Run target in a mapped user namespace and wait for it; re-raises the child's error.
 
     Messages the target sends (results, progress) are handed to on_message in order.

@@ -66,8 +66,10 @@ def run(settings: Settings, options: specs.RunOptions, *, warn: Warn = _stderr_w
     if options.rootfs:
         rootfs = Path(os.path.abspath(options.image))
         if not rootfs.is_dir():
-            raise UsageError(f"--rootfs {options.image} is not a directory",
-                             hint="give the path of an unpacked root filesystem")
+            raise UsageError(
+                f"--rootfs {options.image} is not a directory",
+                hint="give the path of an unpacked root filesystem",
+            )
     else:
         from sandbox.images.store import ImageStore
 
@@ -85,12 +87,28 @@ def run(settings: Settings, options: specs.RunOptions, *, warn: Warn = _stderr_w
             root = specs.Root("overlay", cdir / "merged", lowers, cdir / "upper", cdir / "work")
         else:
             root = specs.Root("vfs", cdir / "rootfs", lowers)
-    spec = specs.build(options, container_id=container_id, name=name, image_config=image_config,
-                       image_id=image_id, root=root, mapping=mapping, etc_dir=cdir / "etc")
-    record = store.create(Container(
-        id=container_id, name=name, image=options.image, image_id=image_id,
-        command=spec.process.args, created=state.now(), remove=options.remove,
-        rootfs_kind=root.kind))
+    spec = specs.build(
+        options,
+        container_id=container_id,
+        name=name,
+        image_config=image_config,
+        image_id=image_id,
+        root=root,
+        mapping=mapping,
+        etc_dir=cdir / "etc",
+    )
+    record = store.create(
+        Container(
+            id=container_id,
+            name=name,
+            image=options.image,
+            image_id=image_id,
+            command=spec.process.args,
+            created=state.now(),
+            remove=options.remove,
+            rootfs_kind=root.kind,
+        )
+    )
     try:
         _prepare_dirs(spec)
         return _start_and_wait(spec, store, record)
@@ -110,9 +128,11 @@ def _prepare_dirs(spec: specs.ContainerSpec) -> None:
     etc.mkdir(mode=0o755)
     files = {
         "hostname": f"{spec.hostname}\n",
-        "hosts": ("127.0.0.1\tlocalhost localhost.localdomain\n"
-                  "::1\tlocalhost ip6-localhost ip6-loopback\n"
-                  f"127.0.1.1\t{spec.hostname} {spec.name}\n"),
+        "hosts": (
+            "127.0.0.1\tlocalhost localhost.localdomain\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"127.0.1.1\t{spec.hostname} {spec.name}\n"
+        ),
         "resolv.conf": _resolv_conf(),
     }
     for name, text in files.items():
@@ -128,8 +148,11 @@ def _resolv_conf() -> str:
     kept = []
     for line in lines:
         words = line.split()
-        if words[:1] == ["nameserver"] and len(words) > 1 and (
-                words[1].startswith("127.") or words[1] == "::1"):
+        if (
+            words[:1] == ["nameserver"]
+            and len(words) > 1
+            and (words[1].startswith("127.") or words[1] == "::1")
+        ):
             continue
         kept.append(line)
     return "\n".join(kept) + "\n"
@@ -177,8 +200,7 @@ class _SignalForwarder:
                 signal.signal(number, handler)  # type: ignore[arg-type]
 
 
-def _start_and_wait(spec: specs.ContainerSpec, store: ContainerStore,
-                    record: Container) -> int:
+def _start_and_wait(spec: specs.ContainerSpec, store: ContainerStore, record: Container) -> int:
     # PID 1 is a grandchild: as a subreaper we inherit it when the intermediate exits, so
     # we can wait for it and read its real exit status.
     syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
@@ -187,16 +209,21 @@ def _start_and_wait(spec: specs.ContainerSpec, store: ContainerStore,
     master: int | None = None
     with forwarder.installed():
         try:
-            intermediate, channel = userns.spawn(spec.mapping,
-                                                 lambda ch: init.intermediate(spec, ch))
+            intermediate, channel = userns.spawn(
+                spec.mapping, lambda ch: init.intermediate(spec, ch)
+            )
             try:
                 message, _ = channel.expect("pid1")
                 pid1 = int(message["pid"])
                 _wait(intermediate)
                 record = store.update(
-                    record, status="running", pid=pid1,
-                    pid_start=state.process_start_time(pid1) or 0, boot_id=state.boot_id(),
-                    started_at=state.now())
+                    record,
+                    status="running",
+                    pid=pid1,
+                    pid_start=state.process_start_time(pid1) or 0,
+                    boot_id=state.boot_id(),
+                    started_at=state.now(),
+                )
                 channel.send("reparented")
                 if spec.process.terminal:
                     master = _receive_pty(channel, forwarder)
@@ -274,13 +301,16 @@ def remove_files(store: ContainerStore, container: Container, mapping: IdMapping
     try:
         userns.run(mapping, rmtree)
     except SandboxError as error:
-        raise ContainerError(f"cannot remove the files of container {container.name}",
-                             context=error.message,
-                             hint=f"'sandbox unshare rm -rf {path}' removes them") from error
+        raise ContainerError(
+            f"cannot remove the files of container {container.name}",
+            context=error.message,
+            hint=f"'sandbox unshare rm -rf {path}' removes them",
+        ) from error
 
 
-def remove(settings: Settings, name_or_id: str, *, force: bool = False,
-           warn: Warn = _stderr_warn) -> Container:
+def remove(
+    settings: Settings, name_or_id: str, *, force: bool = False, warn: Warn = _stderr_warn
+) -> Container:
     """`sandbox rm`: stop (with force) and delete one container."""
     store = ContainerStore(settings.containers_root)
     container = store.lookup(name_or_id)
@@ -292,8 +322,9 @@ def remove(settings: Settings, name_or_id: str, *, force: bool = False,
     return container
 
 
-def release_image(settings: Settings, image_id: str, *, force: bool,
-                  warn: Warn = _stderr_warn) -> None:
+def release_image(
+    settings: Settings, image_id: str, *, force: bool, warn: Warn = _stderr_warn
+) -> None:
     """Before an image is deleted: refuse while containers use it, or with force remove them."""
     store = ContainerStore(settings.containers_root)
     users = [c for c in store.list() if c.image_id == image_id]
@@ -301,8 +332,10 @@ def release_image(settings: Settings, image_id: str, *, force: bool,
         return
     if not force:
         names = ", ".join(c.name for c in users)
-        raise ContainerError(f"image {image_id[:12]} is in use by container(s) {names}",
-                             hint=f"remove them first ('sandbox rm {users[0].name}'), or use "
-                                  "'sandbox rmi -f' to remove them too")
+        raise ContainerError(
+            f"image {image_id[:12]} is in use by container(s) {names}",
+            hint=f"remove them first ('sandbox rm {users[0].name}'), or use "
+            "'sandbox rmi -f' to remove them too",
+        )
     for c in users:
         remove(settings, c.id, force=True, warn=warn)

@@ -35,16 +35,31 @@ from sandbox.rootless.mounts import Mount
 from sandbox.runtime import users
 from sandbox.spec import ContainerSpec
 
-NAMESPACES = (syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID | syscalls.CLONE_NEWNET
-              | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWCGROUP)
+NAMESPACES = (
+    syscalls.CLONE_NEWNS
+    | syscalls.CLONE_NEWPID
+    | syscalls.CLONE_NEWNET
+    | syscalls.CLONE_NEWIPC
+    | syscalls.CLONE_NEWUTS
+    | syscalls.CLONE_NEWCGROUP
+)
 
 TIOCSPTLCK = 0x40045431
 TIOCGPTN = 0x80045430
 TIOCGPTPEER = 0x5441
 
 # Signals the --init reaper passes on to the command.
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-             signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM, signal.SIGCONT)
+FORWARDED = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+    signal.SIGALRM,
+    signal.SIGCONT,
+)
 
 
 def intermediate(spec: ContainerSpec, channel: Channel) -> int:
@@ -55,8 +70,7 @@ def intermediate(spec: ContainerSpec, channel: Channel) -> int:
         except OSError:
             syscalls.unshare(NAMESPACES)  # kernels before 5.6 have no time namespaces
     except OSError as e:
-        raise ContainerError("cannot create the container's namespaces",
-                             context=e.strerror) from e
+        raise ContainerError("cannot create the container's namespaces", context=e.strerror) from e
     pid = os.fork()
     if pid == 0:
         pid1(spec, channel)  # never returns
@@ -134,14 +148,17 @@ def _mount_one(root_fd: int, mount: Mount) -> None:
         if mount.type == "sysfs" and isinstance(cause, OSError) and cause.errno == errno.EPERM:
             # Without a network namespace of our own (or under a masked /sys) the kernel
             # refuses a fresh sysfs; a read-only bind of the host's is what podman falls to.
-            mounts.mount_at(root_fd, Mount("/sys", "bind", "/sys", ("rbind", "ro", "nosuid",
-                                                                     "noexec", "nodev")))
+            mounts.mount_at(
+                root_fd, Mount("/sys", "bind", "/sys", ("rbind", "ro", "nosuid", "noexec", "nodev"))
+            )
             return
         if mount.type == "proc" and isinstance(cause, OSError) and cause.errno == errno.EPERM:
             raise ContainerError(
-                "cannot mount /proc in the container", context=error.context,
+                "cannot mount /proc in the container",
+                context=error.context,
                 hint="the host's /proc has paths mounted over (are you inside another "
-                     "container?); run 'sandbox doctor'") from error
+                "container?); run 'sandbox doctor'",
+            ) from error
         raise
 
 
@@ -173,18 +190,19 @@ def _keep(fd: int) -> int:
 
 
 def _resolve_user(spec: ContainerSpec) -> users.User:
-    user = users.resolve(spec.process.user, users.read_small("/etc/passwd"),
-                         users.read_small("/etc/group"))
+    user = users.resolve(
+        spec.process.user, users.read_small("/etc/passwd"), users.read_small("/etc/group")
+    )
     if spec.mapping.single and (user.uid != 0 or user.gid != 0):
         raise ContainerError(
             f"user {spec.process.user} is not mapped in this container",
             context="only root is mapped without subordinate ids",
-            hint="add subordinate ids to /etc/subuid and /etc/subgid (see 'sandbox doctor')")
+            hint="add subordinate ids to /etc/subuid and /etc/subgid (see 'sandbox doctor')",
+        )
     return user
 
 
-def _reaper(spec: ContainerSpec, channel: Channel, slave: int | None,
-            user: users.User) -> NoReturn:
+def _reaper(spec: ContainerSpec, channel: Channel, slave: int | None, user: users.User) -> NoReturn:
     """--init: PID 1 forks the command, forwards signals to it and reaps every orphan."""
     child = os.fork()
     if child == 0:
@@ -215,8 +233,7 @@ def _reaper(spec: ContainerSpec, channel: Channel, slave: int | None,
             os._exit(os.WEXITSTATUS(status))
 
 
-def _exec(spec: ContainerSpec, channel: Channel, slave: int | None,
-          user: users.User) -> NoReturn:
+def _exec(spec: ContainerSpec, channel: Channel, slave: int | None, user: users.User) -> NoReturn:
     process = spec.process
     if slave is not None:
         if spec.init:
@@ -256,10 +273,11 @@ def _set_user(spec: ContainerSpec, user: users.User) -> None:
         os.setresgid(user.gid, user.gid, user.gid)
         os.setresuid(user.uid, user.uid, user.uid)
     except OSError as e:
-        raise ContainerError(f"cannot switch to user {spec.process.user}",
-                             context=f"{e.strerror} (uid {user.uid}, gid {user.gid})",
-                             hint="the id may be outside this user's subordinate range "
-                                  "(/etc/subuid, /etc/subgid)") from e
+        raise ContainerError(
+            f"cannot switch to user {spec.process.user}",
+            context=f"{e.strerror} (uid {user.uid}, gid {user.gid})",
+            hint="the id may be outside this user's subordinate range (/etc/subuid, /etc/subgid)",
+        ) from e
 
 
 def execvpe(program: str, args: list[str], env: dict[str, str]) -> OSError:
@@ -291,8 +309,9 @@ def exec_failure(program: str, error: OSError) -> ExecError:
     """The error (exit 126 or 127) reported when execvpe failed."""
     not_found = error.errno in (errno.ENOENT, errno.ENOTDIR)
     code = ExitCode.NOT_FOUND if not_found else ExitCode.CANNOT_EXECUTE
-    what = "executable file not found in $PATH" if not_found and "/" not in program \
-        else error.strerror
+    what = (
+        "executable file not found in $PATH" if not_found and "/" not in program else error.strerror
+    )
     return ExecError(f"{program}: {what}", exit_code=code)
 
 
@@ -309,4 +328,3 @@ def _max_fd() -> int:
         return int(os.sysconf("SC_OPEN_MAX"))
     except (ValueError, OSError):
         return 65536
-

@@ -66,7 +66,7 @@ def process_start_time(pid: int) -> int | None:
     except OSError:
         return None
     try:
-        return int(data[data.rindex(")") + 2:].split()[19])
+        return int(data[data.rindex(")") + 2 :].split()[19])
     except (ValueError, IndexError):
         return None
 
@@ -106,7 +106,8 @@ class ContainerStore:
                         f"the container name {container.name!r} is already in use by "
                         f"{other.short_id}",
                         hint=f"remove it with 'sandbox rm {container.name}' or choose "
-                             "another --name")
+                        "another --name",
+                    )
             path = self.dir(container.id)
             path.mkdir(mode=0o700)
             self._write(container)
@@ -177,11 +178,14 @@ class ContainerStore:
             if len(matches) == 1:
                 return matches[0]
             if len(matches) > 1:
-                raise ContainerError(f"{name_or_id} matches several containers",
-                                     context=", ".join(c.short_id for c in matches),
-                                     hint="give more digits of the id, or the name")
-        raise ContainerNotFound(f"no container with name or id {name_or_id!r}",
-                                hint="'sandbox ps -a' lists containers")
+                raise ContainerError(
+                    f"{name_or_id} matches several containers",
+                    context=", ".join(c.short_id for c in matches),
+                    hint="give more digits of the id, or the name",
+                )
+        raise ContainerNotFound(
+            f"no container with name or id {name_or_id!r}", hint="'sandbox ps -a' lists containers"
+        )
 
     def forget(self, container: Container) -> None:
         """Drop the record (the caller has removed or is removing the files)."""
@@ -190,5 +194,7 @@ class ContainerStore:
 
     def check_removable(self, container: Container, force: bool) -> None:
         if container.status == "running" and not force:
-            raise ContainerError(f"container {container.name} is running",
-                                 hint=f"stop it first, or use 'sandbox rm -f {container.name}'")
+            raise ContainerError(
+                f"container {container.name} is running",
+                hint=f"stop it first, or use 'sandbox rm -f {container.name}'",
+            )

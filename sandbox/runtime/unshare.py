@@ -25,8 +25,9 @@ def run(settings: Settings, command: list[str]) -> int:
 
     # The command stays in our process group and session, so ^C and the terminal work as for
     # any foreground program; we only wait for it.
-    pid, channel = userns.spawn(mapping, target, flags=syscalls.CLONE_NEWNS,
-                                pdeathsig=signal.SIGKILL)
+    pid, channel = userns.spawn(
+        mapping, target, flags=syscalls.CLONE_NEWNS, pdeathsig=signal.SIGKILL
+    )
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         try:

@@ -47,8 +47,10 @@ def resolve(spec: str, passwd: str, group: str) -> User:
     else:
         entry = next((u for u in users if u[0] == user_part), None)
         if entry is None:
-            raise ContainerError(f"unable to find user {user_part}",
-                                 context="no matching entries in the container's /etc/passwd")
+            raise ContainerError(
+                f"unable to find user {user_part}",
+                context="no matching entries in the container's /etc/passwd",
+            )
         uid = _number(entry[2], "uid", user_part)
     name = entry[0] if entry else None
     home = entry[5] if entry and entry[5] else "/"
@@ -58,8 +60,10 @@ def resolve(spec: str, passwd: str, group: str) -> User:
         else:
             found = next((g for g in groups if g[0] == group_part), None)
             if found is None:
-                raise ContainerError(f"unable to find group {group_part}",
-                                     context="no matching entries in the container's /etc/group")
+                raise ContainerError(
+                    f"unable to find group {group_part}",
+                    context="no matching entries in the container's /etc/group",
+                )
             gid = _number(found[2], "gid", group_part)
     else:
         gid = _number(entry[3], "gid", user_part) if entry else 0

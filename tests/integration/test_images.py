@@ -183,8 +183,9 @@ def test_debian_import_keeps_shadow_group(debian_image: str, sandbox_env: Sandbo
     assert out.split() == ["0:42", "640"]
 
 
-def test_rmi_refuses_an_image_a_container_uses(fresh_sandbox_env: SandboxEnv,
-                                               busybox_tarball: Path) -> None:
+def test_rmi_refuses_an_image_a_container_uses(
+    fresh_sandbox_env: SandboxEnv, busybox_tarball: Path
+) -> None:
     run = fresh_sandbox_env.run
     _ok(run("image", "import", busybox_tarball, "used"))
     _ok(run("run", "--name", "user-of-image", "used", "true"))

@@ -27,10 +27,12 @@ def _ok(done: subprocess.CompletedProcess[str]) -> str:
     return done.stdout
 
 
-def test_uid_map_maps_root_to_user_and_the_subordinate_range(sandbox: Run,
-                                                             busybox_image: str) -> None:
-    out = _ok(sandbox("run", "--rm", busybox_image, "cat", "/proc/self/uid_map",
-                      "/proc/self/gid_map"))
+def test_uid_map_maps_root_to_user_and_the_subordinate_range(
+    sandbox: Run, busybox_image: str
+) -> None:
+    out = _ok(
+        sandbox("run", "--rm", busybox_image, "cat", "/proc/self/uid_map", "/proc/self/gid_map")
+    )
     rows = [line.split() for line in out.splitlines()]
     name = pwd.getpwuid(os.getuid()).pw_name
     (start, count), *_ = read_subids(SUBUID, name, os.getuid())
@@ -40,10 +42,10 @@ def test_uid_map_maps_root_to_user_and_the_subordinate_range(sandbox: Run,
     assert rows[2][:3] == ["0", str(os.getgid()), "1"]
 
 
-def test_command_is_pid_1_and_hostname_is_the_containers(sandbox: Run,
-                                                         busybox_image: str) -> None:
-    out = _ok(sandbox("run", "--rm", busybox_image, "sh", "-c",
-                      "echo $$; hostname; cat /etc/hostname"))
+def test_command_is_pid_1_and_hostname_is_the_containers(sandbox: Run, busybox_image: str) -> None:
+    out = _ok(
+        sandbox("run", "--rm", busybox_image, "sh", "-c", "echo $$; hostname; cat /etc/hostname")
+    )
     pid, hostname, etc_hostname = out.split()
     assert pid == "1"
     assert hostname != os.uname().nodename
@@ -64,8 +66,16 @@ def test_every_namespace_differs_from_the_callers(sandbox: Run, busybox_image: s
 
 
 def test_loopback_is_up_and_nothing_else(sandbox: Run, busybox_image: str) -> None:
-    out = _ok(sandbox("run", "--rm", busybox_image, "sh", "-c",
-                      "ls /sys/class/net; ping -c1 -W2 127.0.0.1 >/dev/null && echo pong"))
+    out = _ok(
+        sandbox(
+            "run",
+            "--rm",
+            busybox_image,
+            "sh",
+            "-c",
+            "ls /sys/class/net; ping -c1 -W2 127.0.0.1 >/dev/null && echo pong",
+        )
+    )
     assert out.split() == ["lo", "pong"]
 
 
@@ -73,8 +83,7 @@ def test_exit_status_is_the_commands(sandbox: Run, busybox_image: str) -> None:
     assert sandbox("run", "--rm", busybox_image, "sh", "-c", "exit 42").returncode == 42
 
 
-def test_missing_command_exits_127_and_not_executable_126(sandbox: Run,
-                                                          busybox_image: str) -> None:
+def test_missing_command_exits_127_and_not_executable_126(sandbox: Run, busybox_image: str) -> None:
     missing = sandbox("run", "--rm", busybox_image, "no-such-command")
     assert missing.returncode == 127
     assert "no-such-command" in missing.stderr and "Traceback" not in missing.stderr
@@ -89,13 +98,28 @@ def test_killed_by_signal_exits_128_plus_n(sandbox: Run, busybox_image: str) -> 
     assert done.returncode == 128 + signal.SIGUSR1
 
 
-def test_sigterm_to_sandbox_reaches_the_command_through_init(sandbox_env: SandboxEnv,
-                                                             busybox_image: str) -> None:
+def test_sigterm_to_sandbox_reaches_the_command_through_init(
+    sandbox_env: SandboxEnv, busybox_image: str
+) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "run", "--rm", "--init", busybox_image,
-         "sh", "-c", "echo started; exec sleep 100"],
-        env=sandbox_env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "sandbox",
+            "run",
+            "--rm",
+            "--init",
+            busybox_image,
+            "sh",
+            "-c",
+            "echo started; exec sleep 100",
+        ],
+        env=sandbox_env.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "started"
@@ -117,12 +141,23 @@ def test_stdin_reaches_the_command_only_with_i(sandbox: Run, busybox_image: str)
     assert _ok(sandbox("run", "--rm", busybox_image, "cat", input="piped\n")) == ""
 
 
-def test_volume_file_belongs_to_the_user_on_the_host(sandbox: Run, busybox_image: str,
-                                                     tmp_path: Path) -> None:
+def test_volume_file_belongs_to_the_user_on_the_host(
+    sandbox: Run, busybox_image: str, tmp_path: Path
+) -> None:
     volume = tmp_path / "vol"
     volume.mkdir()
-    out = _ok(sandbox("run", "--rm", "-v", f"{volume}:/data", busybox_image, "sh", "-c",
-                      "echo hello > /data/f; stat -c %u:%g /data/f"))
+    out = _ok(
+        sandbox(
+            "run",
+            "--rm",
+            "-v",
+            f"{volume}:/data",
+            busybox_image,
+            "sh",
+            "-c",
+            "echo hello > /data/f; stat -c %u:%g /data/f",
+        )
+    )
     assert out.strip() == "0:0"
     st = (volume / "f").stat()
     assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
@@ -130,43 +165,77 @@ def test_volume_file_belongs_to_the_user_on_the_host(sandbox: Run, busybox_image
 
 
 def test_read_only_volume_and_root(sandbox: Run, busybox_image: str, tmp_path: Path) -> None:
-    done = sandbox("run", "--rm", "-v", f"{tmp_path}:/data:ro", busybox_image, "touch",
-                   "/data/x")
+    done = sandbox("run", "--rm", "-v", f"{tmp_path}:/data:ro", busybox_image, "touch", "/data/x")
     assert done.returncode != 0 and "Read-only file system" in done.stderr
     assert not (tmp_path / "x").exists()
-    done = sandbox("run", "--rm", "--read-only", busybox_image, "sh", "-c",
-                   "touch /tmp/ok && echo tmp-writable; touch /etc/x")
+    done = sandbox(
+        "run",
+        "--rm",
+        "--read-only",
+        busybox_image,
+        "sh",
+        "-c",
+        "touch /tmp/ok && echo tmp-writable; touch /etc/x",
+    )
     assert done.stdout == "tmp-writable\n"
     assert done.returncode != 0 and "Read-only file system" in done.stderr
 
 
-def test_tmpfs_env_workdir_user_and_entrypoint(sandbox: Run, busybox_image: str,
-                                               tmp_path: Path) -> None:
+def test_tmpfs_env_workdir_user_and_entrypoint(
+    sandbox: Run, busybox_image: str, tmp_path: Path
+) -> None:
     env_file = tmp_path / "env"
     env_file.write_text("# comment\nFROM_FILE=1\nBOTH=file\n")
-    out = _ok(sandbox("run", "--rm", "--tmpfs", "/scratch", "-e", "A=b c", "-e", "BOTH=cli",
-                      "--env-file", env_file, "-w", "/scratch", "-u", "65534:65534",
-                      busybox_image, "sh", "-c",
-                      'echo "$A|$FROM_FILE|$BOTH|$(pwd)|$(id -u):$(id -g)"; '
-                      "grep ' /scratch ' /proc/self/mountinfo | cut -d' ' -f9"))
+    out = _ok(
+        sandbox(
+            "run",
+            "--rm",
+            "--tmpfs",
+            "/scratch",
+            "-e",
+            "A=b c",
+            "-e",
+            "BOTH=cli",
+            "--env-file",
+            env_file,
+            "-w",
+            "/scratch",
+            "-u",
+            "65534:65534",
+            busybox_image,
+            "sh",
+            "-c",
+            'echo "$A|$FROM_FILE|$BOTH|$(pwd)|$(id -u):$(id -g)"; '
+            "grep ' /scratch ' /proc/self/mountinfo | cut -d' ' -f9",
+        )
+    )
     assert out.splitlines() == ["b c|1|cli|/scratch|65534:65534", "tmpfs"]
     out = _ok(sandbox("run", "--rm", "--entrypoint", "echo", busybox_image, "via", "entry"))
     assert out == "via entry\n"
 
 
 def test_user_by_name_from_the_images_passwd(sandbox: Run, busybox_image: str) -> None:
-    out = _ok(sandbox("run", "--rm", "-u", "nobody", busybox_image, "sh", "-c",
-                      "id -u; echo $HOME"))
+    out = _ok(
+        sandbox("run", "--rm", "-u", "nobody", busybox_image, "sh", "-c", "id -u; echo $HOME")
+    )
     assert out.split()[0] == "65534"
     done = sandbox("run", "--rm", "-u", "no-such-user", busybox_image, "true")
     assert done.returncode == 125 and "no-such-user" in done.stderr
 
 
 def test_dev_proc_and_sys_are_set_up(sandbox: Run, busybox_image: str) -> None:
-    out = _ok(sandbox("run", "--rm", busybox_image, "sh", "-c",
-                      "ls /dev; awk '{for (i = 7; i <= NF; i++) if ($i == \"-\") "
-                      "{print $5, $(i + 1); break}}' /proc/self/mountinfo; "
-                      "echo x > /dev/null && head -c 4 /dev/zero | wc -c"))
+    out = _ok(
+        sandbox(
+            "run",
+            "--rm",
+            busybox_image,
+            "sh",
+            "-c",
+            'ls /dev; awk \'{for (i = 7; i <= NF; i++) if ($i == "-") '
+            "{print $5, $(i + 1); break}}' /proc/self/mountinfo; "
+            "echo x > /dev/null && head -c 4 /dev/zero | wc -c",
+        )
+    )
     lines = out.splitlines()
     for device in ("null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "mqueue"):
         assert device in lines
@@ -185,8 +254,9 @@ def test_init_reaps_and_the_command_is_its_child(sandbox: Run, busybox_image: st
     assert out.split() == ["1", "2"]
 
 
-def test_tty_matches_the_callers_size_and_follows_sigwinch(sandbox_env: SandboxEnv,
-                                                           busybox_image: str) -> None:
+def test_tty_matches_the_callers_size_and_follows_sigwinch(
+    sandbox_env: SandboxEnv, busybox_image: str
+) -> None:
     import fcntl
     import pty
     import struct
@@ -195,9 +265,24 @@ def test_tty_matches_the_callers_size_and_follows_sigwinch(sandbox_env: SandboxE
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
     process = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "run", "--rm", "-it", busybox_image, "sh", "-c",
-         "tty; stty size; read line; stty size; echo got=$line"],
-        env=sandbox_env.env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "sandbox",
+            "run",
+            "--rm",
+            "-it",
+            busybox_image,
+            "sh",
+            "-c",
+            "tty; stty size; read line; stty size; echo got=$line",
+        ],
+        env=sandbox_env.env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
     os.close(slave)
     output = b""
 
@@ -229,8 +314,9 @@ def test_tty_matches_the_callers_size_and_follows_sigwinch(sandbox_env: SandboxE
     assert "40 120" in text
 
 
-def test_run_without_rm_keeps_the_container_until_rm(sandbox_env: SandboxEnv,
-                                                     busybox_image: str) -> None:
+def test_run_without_rm_keeps_the_container_until_rm(
+    sandbox_env: SandboxEnv, busybox_image: str
+) -> None:
     run = sandbox_env.run
     _ok(run("run", "--name", "keeper", busybox_image, "sh", "-c", "echo data > /kept"))
     listed = json.loads(_ok(run("ps", "-a", "--format", "json")))
@@ -244,15 +330,24 @@ def test_run_without_rm_keeps_the_container_until_rm(sandbox_env: SandboxEnv,
     assert duplicate.returncode == 125 and "already in use" in duplicate.stderr
     _ok(run("rm", "keeper"))
     assert not container_dir.exists()
-    assert all(c["Names"] != ["keeper"] for c in json.loads(_ok(run("ps", "-a", "--format",
-                                                                    "json"))))
+    assert all(
+        c["Names"] != ["keeper"] for c in json.loads(_ok(run("ps", "-a", "--format", "json")))
+    )
 
 
 def test_rm_leaves_nothing_behind(sandbox_env: SandboxEnv, busybox_image: str) -> None:
     containers = sandbox_env.data_home / "sandbox" / "containers"
     before = {p.name for p in containers.iterdir()} if containers.exists() else set()
-    _ok(sandbox_env.run("run", "--rm", busybox_image, "sh", "-c", "mkdir -p /a/b; touch /a/b/c;"
-                        " chown 1000:1000 /a/b/c"))
+    _ok(
+        sandbox_env.run(
+            "run",
+            "--rm",
+            busybox_image,
+            "sh",
+            "-c",
+            "mkdir -p /a/b; touch /a/b/c; chown 1000:1000 /a/b/c",
+        )
+    )
     after = {p.name for p in containers.iterdir()}
     assert after - before <= {".lock"}
 
@@ -272,8 +367,9 @@ def test_rootfs_directory(sandbox: Run, tmp_path: Path, busybox_tarball: Path) -
     assert out.split() == ["1", "0"]
 
 
-def test_bad_input_is_one_line_and_exit_125(sandbox: Run, busybox_image: str,
-                                            tmp_path: Path) -> None:
+def test_bad_input_is_one_line_and_exit_125(
+    sandbox: Run, busybox_image: str, tmp_path: Path
+) -> None:
     cases = [
         ("run", "--rm", "no-such-image", "true"),
         ("run", "--rm", "-v", f"{tmp_path}/missing:/x", busybox_image, "true"),
@@ -295,22 +391,41 @@ def test_bad_input_is_one_line_and_exit_125(sandbox: Run, busybox_image: str,
 def test_failed_run_leaves_nothing_behind(sandbox_env: SandboxEnv, busybox_image: str) -> None:
     containers = sandbox_env.data_home / "sandbox" / "containers"
     before = set(containers.iterdir()) if containers.exists() else set()
-    assert sandbox_env.run("run", "--rm", "-v", "/no/such:/x", busybox_image,
-                           "true").returncode == 125
+    assert (
+        sandbox_env.run("run", "--rm", "-v", "/no/such:/x", busybox_image, "true").returncode == 125
+    )
     assert sandbox_env.run("run", "--rm", busybox_image, "no-such-cmd").returncode == 127
     after = set(containers.iterdir()) if containers.exists() else set()
     assert {p.name for p in after - before} <= {".lock"}
 
 
 def test_debian_runs_and_keeps_file_owners(sandbox: Run, debian_image: str) -> None:
-    out = _ok(sandbox("run", "--rm", debian_image, "sh", "-c",
-                      "cat /etc/debian_version; ls -ln /etc/shadow; id -un"))
+    out = _ok(
+        sandbox(
+            "run",
+            "--rm",
+            debian_image,
+            "sh",
+            "-c",
+            "cat /etc/debian_version; ls -ln /etc/shadow; id -un",
+        )
+    )
     version, shadow, user = out.splitlines()
     assert version.split(".")[0] == "12"
     fields = shadow.split()
     assert (fields[2], fields[3]) == ("0", "42"), shadow
     assert user == "root"
-    out = _ok(sandbox("run", "--rm", "-u", "nobody", debian_image, "sh", "-c",
-                      "id -un; cat /etc/shadow 2>&1 || true"))
+    out = _ok(
+        sandbox(
+            "run",
+            "--rm",
+            "-u",
+            "nobody",
+            debian_image,
+            "sh",
+            "-c",
+            "id -un; cat /etc/shadow 2>&1 || true",
+        )
+    )
     assert out.splitlines()[0] == "nobody"
     assert "Permission denied" in out

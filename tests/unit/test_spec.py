@@ -14,20 +14,28 @@ MAPPING = IdMapping((IdRange(0, 1000, 1),), (IdRange(0, 1000, 1),), single_reaso
 ROOT = spec.Root("dir", Path("/tmp/root"))
 
 
-def build(options: spec.RunOptions, config: dict[str, object] | None = None
-          ) -> spec.ContainerSpec:
-    return spec.build(options, container_id="ab" * 32, name="n", image_config=config or {},
-                      image_id=None, root=ROOT, mapping=MAPPING, etc_dir=Path("/tmp/etc"))
+def build(options: spec.RunOptions, config: dict[str, object] | None = None) -> spec.ContainerSpec:
+    return spec.build(
+        options,
+        container_id="ab" * 32,
+        name="n",
+        image_config=config or {},
+        image_id=None,
+        root=ROOT,
+        mapping=MAPPING,
+        etc_dir=Path("/tmp/etc"),
+    )
 
 
 def test_command_follows_podmans_entrypoint_and_cmd_rules() -> None:
     config = {"Entrypoint": ["/entry"], "Cmd": ["default"]}
     assert build(spec.RunOptions("img"), config).process.args == ("/entry", "default")
     assert build(spec.RunOptions("img", ("mine",)), config).process.args == ("/entry", "mine")
-    assert build(spec.RunOptions("img", ("a",), entrypoint="sh"), config).process.args == \
-        ("sh", "a")
-    assert build(spec.RunOptions("img", entrypoint='["a", "b"]'), config).process.args == \
-        ("a", "b")
+    assert build(spec.RunOptions("img", ("a",), entrypoint="sh"), config).process.args == (
+        "sh",
+        "a",
+    )
+    assert build(spec.RunOptions("img", entrypoint='["a", "b"]'), config).process.args == ("a", "b")
     with pytest.raises(UsageError, match="no command"):
         build(spec.RunOptions("img"), {})
 
@@ -36,9 +44,16 @@ def test_environment_layers_later_wins(tmp_path: Path, monkeypatch: pytest.Monke
     env_file = tmp_path / "env"
     env_file.write_text("# c\n\nA=file\nB=file\n")
     monkeypatch.setenv("FROM_HOST", "h")
-    process = build(spec.RunOptions("img", ("x",), env=("B=cli", "FROM_HOST", "UNSET_X"),
-                                    env_files=(str(env_file),), tty=True),
-                    {"Env": ["PATH=/img", "A=img"]}).process
+    process = build(
+        spec.RunOptions(
+            "img",
+            ("x",),
+            env=("B=cli", "FROM_HOST", "UNSET_X"),
+            env_files=(str(env_file),),
+            tty=True,
+        ),
+        {"Env": ["PATH=/img", "A=img"]},
+    ).process
     env = dict(e.split("=", 1) for e in process.env)
     assert env["PATH"] == "/img"
     assert (env["A"], env["B"], env["FROM_HOST"]) == ("file", "cli", "h")
@@ -56,8 +71,11 @@ def test_volume_source_must_exist(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="does not exist"):
         spec.parse_volume(f"{tmp_path}/missing:/x")
     mount = spec.parse_volume(f"{tmp_path}:/data/:ro")
-    assert (mount.destination, mount.source, mount.options) == ("/data", str(tmp_path),
-                                                                ("rbind", "ro"))
+    assert (mount.destination, mount.source, mount.options) == (
+        "/data",
+        str(tmp_path),
+        ("rbind", "ro"),
+    )
 
 
 def test_two_mounts_on_one_path_are_refused(tmp_path: Path) -> None:
@@ -71,12 +89,15 @@ def test_read_only_adds_scratch_tmpfs_and_marks_the_root() -> None:
     assert {m.destination for m in built.mounts if m.type == "tmpfs"} >= {"/tmp", "/run"}
 
 
-@pytest.mark.parametrize("options", [
-    spec.RunOptions("img", ("x",), workdir="relative"),
-    spec.RunOptions("img", ("x",), hostname="bad_host!"),
-    spec.RunOptions("img", ("x",), env=("=x",)),
-    spec.RunOptions("img", ("x",), tmpfs=("relative",)),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        spec.RunOptions("img", ("x",), workdir="relative"),
+        spec.RunOptions("img", ("x",), hostname="bad_host!"),
+        spec.RunOptions("img", ("x",), env=("=x",)),
+        spec.RunOptions("img", ("x",), tmpfs=("relative",)),
+    ],
+)
 def test_invalid_options_fail_in_validation(options: spec.RunOptions) -> None:
     with pytest.raises(UsageError):
         build(options)

@@ -13,8 +13,17 @@ from sandbox.runtime.state import Container, ContainerStore
 
 
 def make(store: ContainerStore, name: str, **fields: object) -> Container:
-    return store.create(Container(id=store.new_id(), name=name, image="img", image_id=None,
-                                  command=("true",), created=state.now(), **fields))
+    return store.create(
+        Container(
+            id=store.new_id(),
+            name=name,
+            image="img",
+            image_id=None,
+            command=("true",),
+            created=state.now(),
+            **fields,
+        )
+    )
 
 
 def test_names_are_unique_and_lookup_takes_names_ids_and_prefixes(tmp_path: Path) -> None:
@@ -32,8 +41,16 @@ def test_names_are_unique_and_lookup_takes_names_ids_and_prefixes(tmp_path: Path
 def test_ambiguous_prefix_is_an_error(tmp_path: Path) -> None:
     store = ContainerStore(tmp_path)
     first = make(store, "a")
-    store.create(Container(id=first.id[:4] + "f" * 60, name="b", image="i", image_id=None,
-                           command=(), created=state.now()))
+    store.create(
+        Container(
+            id=first.id[:4] + "f" * 60,
+            name="b",
+            image="i",
+            image_id=None,
+            command=(),
+            created=state.now(),
+        )
+    )
     with pytest.raises(ContainerError, match="several"):
         store.lookup(first.id[:4])
 
@@ -41,9 +58,13 @@ def test_ambiguous_prefix_is_an_error(tmp_path: Path) -> None:
 def test_running_record_with_a_dead_pid_reads_as_exited(tmp_path: Path) -> None:
     store = ContainerStore(tmp_path)
     me = make(store, "me")
-    alive = store.update(me, status="running", pid=os.getpid(),
-                         pid_start=state.process_start_time(os.getpid()) or 0,
-                         boot_id=state.boot_id())
+    alive = store.update(
+        me,
+        status="running",
+        pid=os.getpid(),
+        pid_start=state.process_start_time(os.getpid()) or 0,
+        boot_id=state.boot_id(),
+    )
     assert store.lookup("me").status == "running"
     store.update(alive, pid_start=alive.pid_start + 1)  # the pid was reused by another process
     assert store.lookup("me").status == "exited"

@@ -22,8 +22,7 @@ audio:x:29:alice
 
 def test_names_numbers_and_supplementary_groups() -> None:
     alice = resolve("alice", PASSWD, GROUP)
-    assert (alice.uid, alice.gid, alice.groups, alice.home) == (1000, 1000, (50, 29),
-                                                                "/home/alice")
+    assert (alice.uid, alice.gid, alice.groups, alice.home) == (1000, 1000, (50, 29), "/home/alice")
     assert resolve("1000", PASSWD, GROUP).name == "alice"
     assert resolve("alice:staff", PASSWD, GROUP).gid == 50
     assert resolve("alice:staff", PASSWD, GROUP).groups == ()
