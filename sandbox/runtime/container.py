@@ -9,6 +9,7 @@ exit code.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -54,8 +55,11 @@ def storage_driver(settings: Settings) -> str:
     return "overlay" if features.probe("overlay_userns").ok else "vfs"
 
 
-def run(settings: Settings, options: specs.RunOptions, *, warn: Warn = _stderr_warn) -> int:
-    """`sandbox run`: everything from the image name to the container's exit code."""
+def create(
+    settings: Settings, options: specs.RunOptions, *, warn: Warn = _stderr_warn
+) -> tuple[specs.ContainerSpec, Container]:
+    """`sandbox create`: validate everything, then reserve the name and write the container's
+    directory, its /etc files and its spec. Nothing is created when validation fails."""
     mapping = mapping_for(settings, options.userns, warn)
     store = ContainerStore(settings.containers_root)
     if options.name is not None:
@@ -107,14 +111,29 @@ def run(settings: Settings, options: specs.RunOptions, *, warn: Warn = _stderr_w
             created=state.now(),
             remove=options.remove,
             rootfs_kind=root.kind,
-        )
+        ),
+        generated_name=options.name is None,
     )
+    if record.name != spec.name:
+        spec = dataclasses.replace(spec, name=record.name)
     try:
         _prepare_dirs(spec)
+        store.save_spec(spec)
+    except BaseException:
+        remove_files(store, record, mapping)
+        raise
+    return spec, record
+
+
+def run(settings: Settings, options: specs.RunOptions, *, warn: Warn = _stderr_warn) -> int:
+    """`sandbox run` in the foreground: create, start, wait, and exit with the command."""
+    spec, record = create(settings, options, warn=warn)
+    store = ContainerStore(settings.containers_root)
+    try:
         return _start_and_wait(spec, store, record)
     finally:
         if options.remove:
-            remove_files(store, record, mapping)
+            remove_files(store, record, spec.mapping)
 
 
 def _prepare_dirs(spec: specs.ContainerSpec) -> None:

@@ -18,11 +18,16 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from sandbox import codec
 from sandbox.errors import ContainerError, ContainerNotFound, UsageError
 
+if TYPE_CHECKING:
+    from sandbox.spec import ContainerSpec
+
 RECORD = "container.json"
+SPEC = "spec.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,26 +102,35 @@ class ContainerStore:
     def new_id(self) -> str:
         return secrets.token_hex(32)
 
-    def create(self, container: Container) -> Container:
-        """Reserve the name and write the record; the name must be unique."""
+    def create(self, container: Container, *, generated_name: bool = False) -> Container:
+        """Reserve the name and write the record; the name must be unique.
+
+        A generated name that another container took meanwhile is replaced by a fresh one
+        (under the lock), so concurrent runs without --name never collide.
+        """
         with self.lock():
-            for other in self._load_all():
-                if other.name == container.name:
-                    raise UsageError(
-                        f"the container name {container.name!r} is already in use by "
-                        f"{other.short_id}",
-                        hint=f"remove it with 'sandbox rm {container.name}' or choose "
-                        "another --name",
-                    )
+            taken = {other.name: other for other in self._load_all()}
+            if generated_name and container.name in taken:
+                container = dataclasses.replace(container, name=self._fresh_name(set(taken)))
+            other = taken.get(container.name)
+            if other is not None:
+                raise UsageError(
+                    f"the container name {container.name!r} is already in use by "
+                    f"{other.short_id}",
+                    hint=f"remove it with 'sandbox rm {container.name}' or choose another --name",
+                )
             path = self.dir(container.id)
             path.mkdir(mode=0o700)
             self._write(container)
         return container
 
     def unique_name(self) -> str:
+        return self._fresh_name({c.name for c in self._load_all()})
+
+    @staticmethod
+    def _fresh_name(taken: set[str]) -> str:
         from sandbox.runtime.names import generate
 
-        taken = {c.name for c in self._load_all()}
         for _ in range(100):
             name = generate()
             if name not in taken:
@@ -129,17 +143,24 @@ class ContainerStore:
             self._write(updated)
         return updated
 
-    def _write(self, container: Container) -> None:
-        path = self.dir(container.id)
-        tmp = path / f".{RECORD}.{os.getpid()}.tmp"
-        data = json.dumps(dataclasses.asdict(container), indent=2).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    def save_spec(self, spec: ContainerSpec) -> None:
+        """The container's full specification, so start, exec and inspect can use it later."""
+        data = json.dumps(codec.to_json(spec), indent=2).encode()
+        _write_atomic(self.dir(spec.id) / SPEC, data)
+
+    def load_spec(self, container_id: str) -> ContainerSpec:
+        from sandbox.spec import ContainerSpec
+
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path / RECORD)
+            data = json.loads((self.dir(container_id) / SPEC).read_text())
+            return codec.from_json(ContainerSpec, data)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise ContainerError(f"cannot read the specification of container {container_id[:12]}",
+                                 context=str(e)) from e
+
+    def _write(self, container: Container) -> None:
+        data = json.dumps(dataclasses.asdict(container), indent=2).encode()
+        _write_atomic(self.dir(container.id) / RECORD, data)
 
     def _read(self, path: Path) -> Container | None:
         try:
@@ -198,3 +219,17 @@ class ContainerStore:
                 f"container {container.name} is running",
                 hint=f"stop it first, or use 'sandbox rm -f {container.name}'",
             )
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write-temp, fsync, rename: a reader sees the old file or the new one, never half."""
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)

@@ -1,0 +1,82 @@
+"""JSON for frozen dataclasses: how a ContainerSpec is written to, and read back from, disk.
+
+Driven by the type hints, so a field added to any spec dataclass is persisted without touching
+this module: dataclasses nest, tuples and lists become JSON arrays, Path becomes a string,
+enums their value; unknown keys in a stored file are ignored and missing ones take the field's
+default, so records written by an older sandbox still load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+T = TypeVar("T")
+
+
+def to_json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    return value
+
+
+def from_json(cls: type[T], data: Any) -> T:
+    return typing.cast(T, _decode(cls, data))
+
+
+def _decode(kind: Any, data: Any) -> Any:
+    if data is None:
+        return None
+    origin = typing.get_origin(kind)
+    if origin in (Union, types.UnionType):
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        for option in options:
+            try:
+                return _decode(option, data)
+            except (TypeError, ValueError, KeyError):
+                continue
+        raise ValueError(f"cannot decode {data!r} as {kind}")
+    if origin is tuple:
+        args = typing.get_args(kind)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_decode(args[0], v) for v in data)
+        return tuple(_decode(a, v) for a, v in zip(args, data, strict=True))
+    if origin is list:
+        (arg,) = typing.get_args(kind)
+        return [_decode(arg, v) for v in data]
+    if origin in (dict, typing.Mapping) or kind in (dict, typing.Mapping):
+        args = typing.get_args(kind)
+        return {k: _decode(args[1], v) if args else v for k, v in data.items()}
+    if kind is Any or kind is object:
+        return data
+    if isinstance(kind, type):
+        if dataclasses.is_dataclass(kind):
+            hints = typing.get_type_hints(kind)
+            known = {f.name: f for f in dataclasses.fields(kind)}
+            values = {name: _decode(hints[name], v) for name, v in data.items() if name in known}
+            return kind(**values)
+        if issubclass(kind, enum.Enum):
+            return kind(data)
+        if issubclass(kind, Path):
+            return Path(data)
+        if kind is bytes:
+            return bytes.fromhex(data)
+        if kind is float and isinstance(data, int):
+            return float(data)
+        if not isinstance(data, kind):
+            raise TypeError(f"expected {kind.__name__}, got {type(data).__name__}")
+    return data
