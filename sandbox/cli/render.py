@@ -74,6 +74,7 @@ def container_json(c: Container) -> dict[str, Any]:
         "Status": status(c),
         "Pid": c.pid if c.status == "running" else 0,
         "ExitCode": c.exit_code,
+        "OOMKilled": c.oom_killed,
         "StartedAt": c.started_at,
         "ExitedAt": c.finished_at,
         "AutoRemove": c.remove,
