@@ -73,3 +73,12 @@ def rootless(session: nox.Session) -> None:
         return
     _install(session)
     session.run("pytest", "-ra", *(session.posargs or ["tests/kernel", "tests/integration"]))
+
+
+@nox.session(venv_backend="none" if IS_ROOT else None)
+def vm(session: nox.Session) -> None:
+    """The cgroup tests in a systemd VM (tests/vm; the image comes from scripts/vm-image.sh)."""
+    if IS_ROOT:
+        session.error(ROOT_MESSAGE)
+    _install(session)
+    session.run("pytest", "-ra", *(session.posargs or ["tests/vm"]))

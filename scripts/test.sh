@@ -27,7 +27,7 @@ debian_tarball=${SANDBOX_TEST_DEBIAN_TARBALL:-$cache_dir/debian-bookworm.tar}
 stage=/var/tmp/sandbox-ci
 apt_packages=(uidmap slirp4netns passt fuse-overlayfs busybox-static debootstrap docker-registry
               skopeo umoci podman runc bubblewrap libseccomp2 python3-venv zstd xz-utils iperf3
-              hyperfine git)
+              hyperfine git qemu-system-x86 qemu-utils)
 
 step() { echo "==> $*"; }
 warn() { echo "warning: $*" >&2; }
@@ -135,6 +135,15 @@ build_debian_tarball() {
     step "Debian rootfs tarball: $(du -h "$debian_tarball" | cut -f1)"
 }
 
+build_vm_image() {
+    # The systemd VM the cgroup tests boot (tests/vm); cached, keyed by its package list.
+    if SANDBOX_TEST_VM_IMAGE=$(bash "$repo/scripts/vm-image.sh"); then
+        export SANDBOX_TEST_VM_IMAGE
+    else
+        warn "the VM image could not be built; tests/vm will fail in CI"
+    fi
+}
+
 stage_tree() {
     # A copy the test user owns: the checkout may sit under a 0700 directory such as /root.
     step "staging the tree in $stage/src for $test_user"
@@ -163,6 +172,7 @@ run_as_test_user() {
         "PATH=$path_var" "TMPDIR=$stage/tmp" "XDG_RUNTIME_DIR=$stage/run"
         "CI=${CI:-}" "SANDBOX_REQUIRE_FEATURES=${SANDBOX_REQUIRE_FEATURES:-}"
         "SANDBOX_TEST_DEBIAN_TARBALL=$debian_tarball" "SANDBOX_TEST_STAGED=1"
+        "SANDBOX_TEST_VM_IMAGE=${SANDBOX_TEST_VM_IMAGE:-}"
     )
     # Pass through how this machine reaches PyPI (proxies, mirrors, certificates), if set.
     local var
@@ -256,6 +266,7 @@ main() {
         open_devices
         create_test_user
         build_debian_tarball
+        build_vm_image
         stage_tree
         run_as_test_user "$@"
     else

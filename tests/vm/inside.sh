@@ -1,0 +1,23 @@
+#!/bin/bash
+# Runs inside the VM (sandbox-tests.service, as root): waits for the test user's systemd
+# manager, runs tests/vm/inside as that user with its user bus, and leaves the JUnit report
+# and the exit status in /mnt/results (virtio-9p, tag "results") for the host.
+set -u
+uid=1001
+mkdir -p /mnt/results
+mount -t 9p -o trans=virtio,version=9p2000.L results /mnt/results || true
+for _ in $(seq 300); do [[ -S /run/user/$uid/bus ]] && break; sleep 1; done
+echo "SANDBOX-VM: user bus $(ls -l /run/user/$uid/bus 2>&1)"
+echo "SANDBOX-VM: delegated $(cat /sys/fs/cgroup/user.slice/user-$uid.slice/user@$uid.service/cgroup.controllers 2>&1)"
+runuser -u sbtest -- env -i HOME=/home/sbtest USER=sbtest LOGNAME=sbtest \
+    PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin XDG_RUNTIME_DIR=/run/user/$uid \
+    DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/$uid/bus PYTHONPATH=/mnt/host \
+    PYTHONDONTWRITEBYTECODE=1 CI=true TMPDIR=/tmp SANDBOX_VM_GUEST=1 \
+    SANDBOX_REQUIRE_FEATURES=userns,subids,newuidmap,busybox,cgroup2 \
+    /opt/venv/bin/python -m pytest -p no:cacheprovider -rA -q --rootdir=/mnt/host \
+    --junitxml=/tmp/junit.xml /mnt/host/tests/vm/inside 2>&1
+status=$?
+cp /tmp/junit.xml /mnt/results/junit.xml 2>/dev/null
+echo "$status" >/mnt/results/status
+sync
+echo "SANDBOX-VM-EXIT $status"

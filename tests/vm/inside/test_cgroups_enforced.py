@@ -1,0 +1,107 @@
+"""Run inside the systemd VM (tests/vm/inside.sh), as a user whose systemd manager has cgroup
+v2 controllers delegated: the limits are enforced there. The host collects the results
+(tests/vm/test_cgroups_vm.py); on a host without delegation these tests skip (or fail in CI)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from sandbox.rootless import cgroups
+
+pytestmark = pytest.mark.needs("userns", "newuidmap", "busybox", "cgroup2")
+
+
+@pytest.fixture(autouse=True)
+def _systemd_manager() -> None:
+    manager = cgroups.select()
+    if manager.name != "systemd":
+        pytest.fail(f"no systemd cgroup manager here: {getattr(manager, 'reason', '')}")
+
+
+def _scopes() -> str:
+    return subprocess.run(
+        ["systemctl", "--user", "list-units", "--all", "--plain", "--no-legend", "sandbox-*"],
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def test_cgroup_namespace_root(sandbox, busybox_image):
+    done = sandbox("run", "--rm", busybox_image, "cat", "/proc/self/cgroup")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "0::/\n"
+
+
+def test_sys_fs_cgroup_shows_only_the_container(sandbox, busybox_image):
+    done = sandbox(
+        "run",
+        "--rm",
+        "--memory",
+        "64m",
+        busybox_image,
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/memory.max; ls /sys/fs/cgroup | grep -c slice; "
+        "echo 1 > /sys/fs/cgroup/memory.max && echo writable",
+    )
+    assert done.stdout.splitlines()[:2] == [str(64 << 20), "0"], done.stderr
+    assert "writable" not in done.stdout
+
+
+def test_memory_limit_oom_kills_with_137(sandbox, busybox_image):
+    # The shell is PID 1 and the biggest process: the OOM killer picks it.
+    done = sandbox(
+        "run",
+        "--name",
+        "oom",
+        "--memory",
+        "64m",
+        "--memory-swap",
+        "64m",
+        busybox_image,
+        "sh",
+        "-c",
+        'x=$(head -c 209715200 /dev/zero | tr "\\0" a); echo survived',
+    )
+    assert done.returncode == 137, (done.stdout, done.stderr)
+    listing = json.loads(sandbox("ps", "-a", "--format", "json").stdout)
+    record = [c for c in listing if c.get("Names", c.get("name")) in ("oom", ["oom"])]
+    raw = sandbox("ps", "-a", "--format", "json").stdout
+    assert '"OOMKilled": true' in raw or '"oom_killed": true' in raw, (record, raw)
+    sandbox("rm", "oom")
+
+
+def test_pids_limit_stops_a_fork_loop(sandbox, busybox_image):
+    script = (
+        "i=0; while [ $i -lt 60 ]; do sleep 30 & i=$((i+1)); done 2>/dev/null; "
+        "read n < /sys/fs/cgroup/pids.current; echo $n; read m < /sys/fs/cgroup/pids.max; "
+        "echo $m; kill -9 -1"
+    )
+    done = sandbox("run", "--rm", "--pids-limit", "20", busybox_image, "sh", "-c", script)
+    lines = done.stdout.split()
+    assert lines[:2] == ["20", "20"], (done.stdout, done.stderr)
+
+
+def test_cpus_holds_a_busy_loop_near_half_a_cpu(sandbox, busybox_image):
+    script = (
+        "(while :; do :; done) & read a < /sys/fs/cgroup/cpu.stat; sleep 5; "
+        "read b < /sys/fs/cgroup/cpu.stat; echo $a; echo $b; cat /sys/fs/cgroup/cpu.max; kill $!"
+    )
+    done = sandbox("run", "--rm", "--cpus", "0.5", busybox_image, "sh", "-c", script)
+    lines = done.stdout.splitlines()
+    assert lines[2] == "50000 100000", done.stdout
+    used = int(lines[1].split()[1]) - int(lines[0].split()[1])
+    share = used / 5e6
+    # A functional check, not a timing one: unlimited, the loop would use a whole CPU.
+    assert 0.3 <= share <= 0.7, f"busy loop used {share:.0%} of a CPU"
+
+
+def test_scope_is_gone_after_rm(sandbox, busybox_image):
+    done = sandbox(
+        "run", "--rm", "--name", "scoped", busybox_image, "sh", "-c", "cat /proc/1/cgroup"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "sandbox-" not in _scopes()
