@@ -9,6 +9,7 @@ Besides the product's probes, the harness knows three features of its own:
   busybox        /bin/busybox from busybox-static (for the busybox rootfs)
   debian_rootfs  SANDBOX_TEST_DEBIAN_TARBALL, a debootstrap'd rootfs that scripts/test.sh builds
   unprivileged   the tests run as a user other than root (rootless is the product)
+  registry       docker-registry and skopeo, for tests/integration/test_registry.py
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import pytest
 from sandbox.rootless import features
 
 REPO = Path(__file__).resolve().parent.parent
-HARNESS_FEATURES = ("busybox", "debian_rootfs", "unprivileged")
+HARNESS_FEATURES = ("busybox", "debian_rootfs", "unprivileged", "registry", "vm")
 DEFAULT_TIMEOUT = 120.0
 ROOT_REASON = "container tests must run as an unprivileged user; use scripts/test.sh"
 
@@ -72,6 +73,10 @@ def needs(*names: str) -> None:
             require_unprivileged()
         elif name == "debian_rootfs":
             debian_tarball_path()
+        elif name == "vm":  # SANDBOX_TEST_VM_IMAGE, the systemd VM image (scripts/vm-image.sh)
+            from tests.vm.test_cgroups_vm import vm_image
+
+            vm_image()
         elif name == "busybox":
             from tests.support.images import ImageUnavailable, find_static_busybox
 
@@ -160,6 +165,10 @@ class SandboxEnv:
         path = env.get("PYTHONPATH")
         env["PYTHONPATH"] = f"{REPO}{os.pathsep}{path}" if path else str(REPO)
         return env
+
+    def argv_prefix(self) -> list[str]:
+        """The command line that runs `sandbox` (for tests that start it with Popen)."""
+        return [sys.executable, "-m", "sandbox"]
 
     def run(
         self,

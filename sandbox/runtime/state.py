@@ -47,6 +47,14 @@ class Container:
     finished_at: str | None = None
     remove: bool = False
     rootfs_kind: str = "overlay"
+    oom_killed: bool = False  # the OOM killer killed a process (the cgroup's memory.events)
+    cgroup_manager: str = "disabled"  # systemd | cgroupfs | disabled (rootless/cgroups)
+    cgroup_path: str = ""  # the container's cgroup under /sys/fs/cgroup, "" without one
+    # Per limit: {"option", "file", "value", "enforced"}; `sandbox inspect` shows them.
+    limits: tuple[dict[str, object], ...] = ()
+    monitor_pid: int = 0  # the monitor of a detached container
+    restart_count: int = 0
+    ports: tuple[str, ...] = ()  # published ports, "80/tcp -> 127.0.0.1:8080" (sandbox port)
 
     @property
     def short_id(self) -> str:
@@ -115,8 +123,7 @@ class ContainerStore:
             other = taken.get(container.name)
             if other is not None:
                 raise UsageError(
-                    f"the container name {container.name!r} is already in use by "
-                    f"{other.short_id}",
+                    f"the container name {container.name!r} is already in use by {other.short_id}",
                     hint=f"remove it with 'sandbox rm {container.name}' or choose another --name",
                 )
             path = self.dir(container.id)
@@ -138,8 +145,24 @@ class ContainerStore:
         return f"sandbox_{secrets.token_hex(4)}"
 
     def update(self, container: Container, **changes: Any) -> Container:
-        updated = dataclasses.replace(container, **changes)
-        if self.dir(container.id).is_dir():
+        """Change fields of the stored record (read-modify-write under the lock, so the
+        monitor and a command such as rename never undo each other's changes)."""
+        with self.lock():
+            current = self._read(self.dir(container.id)) or container
+            updated = dataclasses.replace(current, **changes)
+            if self.dir(container.id).is_dir():
+                self._write(updated)
+        return updated
+
+    def rename(self, container: Container, new_name: str) -> Container:
+        with self.lock():
+            for other in self._load_all():
+                if other.name == new_name and other.id != container.id:
+                    raise UsageError(
+                        f"the container name {new_name!r} is already in use by {other.short_id}"
+                    )
+            current = self._read(self.dir(container.id)) or container
+            updated = dataclasses.replace(current, name=new_name)
             self._write(updated)
         return updated
 
@@ -155,8 +178,9 @@ class ContainerStore:
             data = json.loads((self.dir(container_id) / SPEC).read_text())
             return codec.from_json(ContainerSpec, data)
         except (OSError, ValueError, TypeError, KeyError) as e:
-            raise ContainerError(f"cannot read the specification of container {container_id[:12]}",
-                                 context=str(e)) from e
+            raise ContainerError(
+                f"cannot read the specification of container {container_id[:12]}", context=str(e)
+            ) from e
 
     def _write(self, container: Container) -> None:
         data = json.dumps(dataclasses.asdict(container), indent=2).encode()
@@ -228,7 +252,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

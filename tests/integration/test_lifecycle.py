@@ -1,0 +1,358 @@
+"""Detached containers and their lifecycle, as an unprivileged user: run -d, ps, exec, logs,
+stop, kill, wait, start, restart, rm, and what is left on disk afterwards."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import SandboxEnv
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+pytestmark = pytest.mark.needs("userns", "subids", "newuidmap")
+
+
+def _ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _ps(run: Run, *args: str) -> list[dict[str, object]]:
+    return list(json.loads(_ok(run("ps", "--format", "json", *args))))
+
+
+def _until(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _container_dir(env: SandboxEnv, container_id: str) -> Path:
+    return env.data_home / "sandbox" / "containers" / container_id
+
+
+def test_detached_httpd_ps_exec_logs_stop_rm(
+    fresh_sandbox_env: SandboxEnv, busybox_tarball: Path
+) -> None:
+    run = fresh_sandbox_env.run
+    _ok(run("image", "import", busybox_tarball, "busybox"))
+    container_id = _ok(
+        run(
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            "web",
+            "busybox",
+            "sh",
+            "-c",
+            "echo to-stdout; echo to-stderr >&2; exec httpd -f -p 8080",
+        )
+    ).strip()
+    assert len(container_id) == 64
+    listed = _ps(run)
+    assert [c["Names"] for c in listed] == [["web"]]
+    assert listed[0]["State"] == "running"
+    pid = int(listed[0]["Pid"])  # type: ignore[call-overload]
+    assert os.path.exists(f"/proc/{pid}")
+
+    # exec joins the same PID namespace (httpd is PID 1 there) and the same hostname.
+    out = _ok(
+        run(
+            "exec", "web", "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; echo; hostname; echo $$"
+        )
+    )
+    cmdline, hostname, own_pid = out.splitlines()
+    assert cmdline.startswith("httpd -f -p 8080")
+    assert hostname == container_id[:12]
+    assert int(own_pid) > 1
+    assert run("exec", "web", "no-such-command").returncode == 127
+    assert run("exec", "web", "sh", "-c", "exit 3").returncode == 3
+    # httpd answers inside the container's own network namespace.
+    out = _ok(run("exec", "web", "wget", "-q", "-O", "-", "http://127.0.0.1:8080/etc/hostname"))
+    assert out.strip() == container_id[:12]
+
+    _until(lambda: "to-stderr" in run("logs", "web").stderr, "the log")
+    logs = run("logs", "web")
+    assert logs.stdout == "to-stdout\n" and logs.stderr == "to-stderr\n"
+    stamped = run("logs", "-t", "--tail", "2", "web")
+    assert stamped.stdout.endswith(" to-stdout\n") and stamped.stdout[:4].isdigit()
+    assert stamped.stderr.endswith(" to-stderr\n")
+    assert _ok(run("logs", "--tail", "0", "web")) == ""
+
+    # httpd as PID 1 ignores SIGTERM (no handler), so stop has to fall back to SIGKILL.
+    started = time.monotonic()
+    _ok(run("stop", "-t", "1", "web"))
+    assert time.monotonic() - started < 15
+    (web,) = _ps(run, "-a")
+    assert web["State"] == "exited" and web["ExitCode"] == 137
+    assert not os.path.exists(f"/proc/{pid}")
+
+    cdir = _container_dir(fresh_sandbox_env, container_id)
+    assert cdir.exists()
+    _ok(run("rm", "web"))
+    assert not cdir.exists()
+    assert _ps(run, "-a") == []
+    layers = fresh_sandbox_env.data_home / "sandbox" / "storage" / "layers"
+    _ok(run("rmi", "busybox"))
+    assert [p for p in layers.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_stop_with_sigterm_handler_and_wait(sandbox_env: SandboxEnv, busybox_image: str) -> None:
+    sandbox = sandbox_env.run
+    name = "trapper"
+    _ok(
+        sandbox(
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            name,
+            busybox_image,
+            "sh",
+            "-c",
+            "trap 'exit 7' TERM; while true; do sleep 0.1; done",
+        )
+    )
+    waiter = subprocess.Popen(
+        [*sandbox_env.argv_prefix(), "wait", name],
+        env=sandbox_env.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    _ok(sandbox("stop", name))
+    out, _ = waiter.communicate(timeout=30)
+    assert out.strip() == "7"
+    assert _ok(sandbox("wait", name)).strip() == "7"
+    _ok(sandbox("rm", name))
+
+
+def test_kill_signal_and_exit_code(sandbox: Run, busybox_image: str) -> None:
+    _ok(
+        sandbox(
+            "run",
+            "-d",
+            "--init",
+            "--network",
+            "none",
+            "--name",
+            "killme",
+            busybox_image,
+            "sleep",
+            "100",
+        )
+    )
+    _ok(sandbox("kill", "-s", "USR1", "killme"))
+    assert _ok(sandbox("wait", "killme")).strip() == str(128 + signal.SIGUSR1)
+    assert sandbox("kill", "killme").returncode == 125  # not running any more
+    _ok(sandbox("rm", "killme"))
+
+
+def test_create_start_attach_restart(sandbox: Run, busybox_image: str) -> None:
+    container_id = _ok(
+        sandbox(
+            "create",
+            "--name",
+            "later",
+            "--network",
+            "none",
+            busybox_image,
+            "sh",
+            "-c",
+            "echo run >> /count; wc -l < /count",
+        )
+    ).strip()
+    (created,) = [c for c in _ps(sandbox, "-a") if c["Id"] == container_id]
+    assert created["State"] == "created"
+    # start -a runs it in the foreground; the root filesystem persists between starts.
+    done = sandbox("start", "-a", "later")
+    assert done.returncode == 0 and done.stdout.strip() == "1"
+    assert _ok(sandbox("start", "-a", "later")).strip() == "2"
+    _ok(sandbox("start", "later"))
+    assert _ok(sandbox("wait", "later")).strip() == "0"
+    assert _ok(sandbox("logs", "later")).strip() == "3"
+    _ok(sandbox("rename", "later", "renamed"))
+    assert sandbox("logs", "later").returncode == 125
+    _ok(sandbox("rm", "renamed"))
+
+
+def test_restart_policy_on_failure(sandbox: Run, busybox_image: str) -> None:
+    _ok(
+        sandbox(
+            "run",
+            "-d",
+            "--restart",
+            "on-failure:2",
+            "--network",
+            "none",
+            "--name",
+            "flaky",
+            busybox_image,
+            "sh",
+            "-c",
+            "echo attempt; exit 1",
+        )
+    )
+    _until(lambda: _ok(sandbox("logs", "flaky")).count("attempt") == 3, "three attempts")
+    assert _ok(sandbox("wait", "flaky")).strip() == "1"
+    time.sleep(0.5)
+    assert _ok(sandbox("logs", "flaky")).count("attempt") == 3
+    _ok(sandbox("rm", "flaky"))
+    assert sandbox("run", "--restart", "sometimes", busybox_image, "true").returncode == 125
+
+
+def test_detached_rm_removes_itself(fresh_sandbox_env: SandboxEnv, busybox_tarball: Path) -> None:
+    run = fresh_sandbox_env.run
+    _ok(run("image", "import", busybox_tarball, "bb"))
+    container_id = _ok(run("run", "-d", "--rm", "--network", "none", "bb", "true")).strip()
+    _until(
+        lambda: not _container_dir(fresh_sandbox_env, container_id).exists(),
+        "the container to remove itself",
+    )
+    assert _ps(run, "-a") == []
+
+
+def test_killed_monitor_leaves_nothing_behind(sandbox_env: SandboxEnv, busybox_image: str) -> None:
+    run = sandbox_env.run
+    container_id = _ok(
+        run("run", "-d", "--network", "none", "--name", "orphan", busybox_image, "sleep", "1000")
+    ).strip()
+    record = json.loads((_container_dir(sandbox_env, container_id) / "container.json").read_text())
+    monitor, pid = record["monitor_pid"], record["pid"]
+    assert monitor > 0 and os.path.exists(f"/proc/{pid}")
+    os.kill(monitor, signal.SIGKILL)
+    # PID 1 dies with its monitor (PDEATHSIG), and ps shows the container as exited.
+    _until(lambda: not os.path.exists(f"/proc/{pid}"), "PID 1 to die with its monitor")
+    (orphan,) = [c for c in _ps(run, "-a") if c["Id"] == container_id]
+    assert orphan["State"] == "exited"
+    _ok(run("rm", "-f", "orphan"))
+    assert not _container_dir(sandbox_env, container_id).exists()
+
+
+def test_exec_tty_user_workdir_env(sandbox: Run, busybox_image: str) -> None:
+    _ok(
+        sandbox(
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            "shell",
+            "-e",
+            "FROM_RUN=1",
+            busybox_image,
+            "sleep",
+            "1000",
+        )
+    )
+    out = _ok(
+        sandbox(
+            "exec",
+            "-u",
+            "65534:65534",
+            "-w",
+            "/tmp",
+            "-e",
+            "EXTRA=2",
+            "shell",
+            "sh",
+            "-c",
+            'echo "$(id -u):$(id -g) $(pwd) $FROM_RUN $EXTRA"',
+        )
+    )
+    assert out.strip() == "65534:65534 /tmp 1 2"
+    assert _ok(sandbox("exec", "-i", "shell", "cat", input="fed\n")) == "fed\n"
+    out = _ok(sandbox("exec", "-t", "shell", "tty"))
+    assert out.strip().startswith("/dev/pts/")
+    # The exec'd process is confined like the command: same status fields as PID 1's.
+    pid1 = _ok(
+        sandbox(
+            "exec", "shell", "sh", "-c", "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/1/status"
+        )
+    )
+    own = _ok(
+        sandbox(
+            "exec", "shell", "sh", "-c", "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status"
+        )
+    )
+    assert own == pid1
+    _ok(sandbox("exec", "-d", "shell", "sh", "-c", "sleep 1; touch /detached"))
+    _until(
+        lambda: sandbox("exec", "shell", "test", "-e", "/detached").returncode == 0,
+        "the detached exec",
+    )
+    _ok(sandbox("rm", "-f", "shell"))
+
+
+def test_top_lists_the_containers_processes(sandbox: Run, busybox_image: str) -> None:
+    _ok(
+        sandbox(
+            "run",
+            "-d",
+            "--init",
+            "--network",
+            "none",
+            "--name",
+            "topped",
+            busybox_image,
+            "sleep",
+            "1000",
+        )
+    )
+    out = _ok(sandbox("top", "topped"))
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [row[0] for row in rows] == ["1", "2"]
+    assert rows[1][5:] == ["sleep", "1000"]
+    _ok(sandbox("rm", "-f", "topped"))
+
+
+def test_fifty_concurrent_runs(sandbox_env: SandboxEnv, busybox_image: str) -> None:
+    def one(i: int) -> subprocess.CompletedProcess[str]:
+        return sandbox_env.run(
+            "run", "--rm", "--network", "none", busybox_image, "sh", "-c", f"echo {i}", timeout=600
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(one, range(50)))
+    failures = [(r.returncode, r.stderr) for r in results if r.returncode != 0]
+    assert failures == []
+    assert sorted(int(r.stdout) for r in results) == list(range(50))
+    containers = sandbox_env.data_home / "sandbox" / "containers"
+    leftovers = [p.name for p in containers.iterdir() if not p.name.startswith(".")]
+    listed = {c["Id"] for c in _ps(sandbox_env.run, "-a")}
+    assert set(leftovers) == listed
+
+
+def test_ps_never_crashes_while_containers_come_and_go(
+    sandbox_env: SandboxEnv, busybox_image: str
+) -> None:
+    runs = [
+        subprocess.Popen(
+            [*sandbox_env.argv_prefix(), "run", "--rm", "--network", "none", busybox_image, "true"],
+            env=sandbox_env.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(10)
+    ]
+    try:
+        while any(p.poll() is None for p in runs):
+            done = sandbox_env.run("ps", "-a", "--format", "json")
+            assert done.returncode == 0, done.stderr
+            json.loads(done.stdout)
+    finally:
+        for p in runs:
+            p.wait(timeout=120)
+    assert all(p.returncode == 0 for p in runs)
