@@ -22,6 +22,8 @@ SYSTEM_CONFIG = Path("/etc/sandbox/config.yaml")
 
 STORAGE_DRIVERS = ("auto", "overlay", "vfs")
 USERNS_MODES = ("auto", "subids", "single")
+NETWORK_MODES = ("auto", "slirp4netns", "pasta", "host", "none")
+LOG_DRIVERS = ("k8s-file", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +35,12 @@ class Settings:
     storage_driver: str = "auto"
     userns: str = "auto"
     default_hostname: str | None = None
+    network_mode: str = "auto"  # auto: slirp4netns where installed, else pasta, else none
+    default_capabilities: tuple[str, ...] | None = None  # None: podman's rootless default
+    seccomp_profile: str | None = None  # a JSON profile's path; None: the built-in default
+    log_driver: str = "k8s-file"
+    registries_file: str | None = None  # None: $XDG_CONFIG_HOME/sandbox/registries.yaml
+    # key -> where its value came from: a file path, or "env VAR"; absent keys are defaults.
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
@@ -50,6 +58,11 @@ _KEYS: dict[str, tuple[type, tuple[str, ...] | None]] = {
     "userns": (str, USERNS_MODES),
     "data_root": (str, None),
     "default_hostname": (str, None),
+    "network_mode": (str, NETWORK_MODES),
+    "default_capabilities": (list, None),  # a list of capability names
+    "seccomp_profile": (str, None),
+    "log_driver": (str, LOG_DRIVERS),
+    "registries_file": (str, None),
 }
 
 
@@ -121,24 +134,31 @@ def _read_file(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
+        # compose keeps each key's line (node marks) for the error messages below.
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML", context=str(e).replace("\n", " ")) from e
     if doc is None:
         return {}
-    if not isinstance(doc, dict):
+    if not isinstance(doc, dict) or not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{path} must hold a mapping of settings, not {type(doc).__name__}")
+    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.Node)}
     for key, value in doc.items():
+        where = f"{path}:{lines.get(key, '?')}"
         if key not in _KEYS:
             known = ", ".join(sorted(_KEYS))
-            raise ConfigError(f"{path}: unknown key {key!r}", hint=f"known keys: {known}")
+            raise ConfigError(f"{where}: unknown key {key!r}", hint=f"known keys: {known}")
         kind, allowed = _KEYS[key]
-        if not isinstance(value, kind):
-            raise ConfigError(
-                f"{path}: {key} must be a {kind.__name__}, not {type(value).__name__}"
-            )
+        if not isinstance(value, kind) or (
+            isinstance(value, list) and not all(isinstance(v, str) for v in value)
+        ):
+            what = "list of strings" if kind is list else kind.__name__
+            raise ConfigError(f"{where}: {key} must be a {what}, not {value!r}")
         if allowed is not None and value not in allowed:
-            raise ConfigError(f"{path}: {key} must be one of {', '.join(allowed)}, not {value!r}")
+            raise ConfigError(f"{where}: {key} must be one of {', '.join(allowed)}, not {value!r}")
+        if isinstance(value, list):
+            doc[key] = tuple(value)
     return doc
 
 

@@ -16,15 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.errors import UsageError
+from sandbox.rootless.cgroups.resources import NO_LIMITS, Resources
 from sandbox.rootless.idmap import IdMapping
 from sandbox.rootless.mounts import Mount
+from sandbox.runtime.network import NO_NETWORK, NetworkConfig
+from sandbox.runtime.network import build as build_network
+from sandbox.security import DEFAULT_SECURITY, Security
+from sandbox.security import build as build_security
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$")
 _ENV_KEY_RE = re.compile(r"^[^=\s]+$")
 
+NAMESPACES = ("mount", "pid", "net", "ipc", "uts", "cgroup")
+
 # The mounts every container gets, before the user's (OCI runtime spec order).
+_CGROUP_OPTIONS = ("nosuid", "noexec", "nodev", "ro")
 _TMPFS_DEV = ("nosuid", "strictatime", "mode=755", "size=65536k")
 
 
@@ -68,6 +76,23 @@ class RunOptions:
     init: bool = False
     rootfs: bool = False
     userns: str | None = None
+    detach: bool = False
+    restart: str = "no"  # no | always | unless-stopped | on-failure[:N] (detached only)
+    network: str | None = None  # MODE[:OPTIONS]; None: the default (runtime/network.py)
+    publish: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    add_host: tuple[str, ...] = ()
+    resources: Resources = NO_LIMITS  # --memory, --cpus, ... (cgroups.from_options)
+    cgroups: str | None = None  # --cgroups enabled|disabled; None: config.yaml's
+    pull: str = "missing"  # --pull always|missing|never|newer (images/pull.py)
+    tls_verify: bool | None = None  # --tls-verify; None: registries.yaml decides
+    platform: str | None = None  # --platform OS/ARCH[/VARIANT]; None: the host's
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    privileged: bool = False
+    security_opt: tuple[str, ...] = ()  # seccomp=..., no-new-privileges, mask=, unmask=
+    ulimits: tuple[str, ...] = ()  # NAME=SOFT[:HARD]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +136,15 @@ class ContainerSpec:
     init: bool
     image: str  # the image reference the user gave, or the --rootfs path
     image_id: str | None
+    restart: str = "no"
+    stop_signal: str = "SIGTERM"  # the image's StopSignal, sent first by `sandbox stop`
+    network: NetworkConfig = NO_NETWORK
+    # The namespaces the container gets besides its user namespace (init.py maps the names to
+    # CLONE_* flags); --network host leaves out "net".
+    namespaces: tuple[str, ...] = NAMESPACES
+    resources: Resources = NO_LIMITS
+    # Capabilities, seccomp (with its compiled filter), no_new_privs, masked paths, rlimits.
+    security: Security = DEFAULT_SECURITY
 
 
 def parse_env_file(path: str) -> list[str]:
@@ -224,6 +258,18 @@ def _parse_entrypoint(text: str) -> list[str]:
     return [text] if text else []
 
 
+def parse_restart(policy: str) -> tuple[str, int]:
+    """no | always | unless-stopped | on-failure[:N] -> (kind, max retries; 0 = unlimited)."""
+    kind, _, count = policy.partition(":")
+    if kind not in ("no", "always", "on-failure", "unless-stopped"):
+        raise UsageError(f"invalid restart policy {policy!r}",
+                         hint="use no, always, unless-stopped or on-failure[:N]")
+    if count and (kind != "on-failure" or not count.isdigit()):
+        raise UsageError(f"invalid restart policy {policy!r}",
+                         hint="only on-failure takes a count, as in on-failure:3")
+    return kind, int(count or 0)
+
+
 def validate_name(name: str) -> str:
     if not _NAME_RE.match(name) or len(name) > 128:
         raise UsageError(
@@ -244,13 +290,19 @@ def build(
     root: Root,
     mapping: IdMapping,
     etc_dir: Path,
+    cgroup_mount: bool = False,
 ) -> ContainerSpec:
-    """Validate options against each other and the image; no side effects."""
+    """Validate options against each other and the image; no side effects.
+
+    cgroup_mount: the container has a cgroup of its own; mount it (cgroup2, read-only) on
+    /sys/fs/cgroup, where it shows only the container's subtree.
+    """
     if options.hostname is not None and not _HOSTNAME_RE.match(options.hostname):
         raise UsageError(
             f"invalid hostname {options.hostname!r}", hint="up to 63 letters, digits, '-' and '.'"
         )
     hostname = options.hostname or container_id[:12]
+    parse_restart(options.restart)
     workdir = options.workdir or image_config.get("WorkingDir") or "/"
     if not str(workdir).startswith("/"):
         raise UsageError(f"invalid working directory {workdir!r}: it must be absolute")
@@ -267,19 +319,24 @@ def build(
     )
     user = options.user or image_config.get("User") or "0"
     mounts = list(default_mounts())
+    if cgroup_mount:
+        mounts.append(Mount("/sys/fs/cgroup", "cgroup2", "cgroup2", _CGROUP_OPTIONS))
     if options.read_only:
         # podman's --read-only-tmpfs default: scratch space where programs expect it.
         mounts += [parse_tmpfs(p) for p in ("/tmp", "/var/tmp", "/run")]
     mounts += [parse_volume(v) for v in options.volumes]
     mounts += [parse_tmpfs(t) for t in options.tmpfs]
     seen: set[str] = set()
-    for m in mounts[len(default_mounts()) :]:
+    for m in mounts[len(default_mounts()) + cgroup_mount :]:
         if m.destination in seen:
             raise UsageError(
                 f"two mounts on {m.destination}", hint="give each -v/--tmpfs its own container path"
             )
         seen.add(m.destination)
     etc_files = tuple((f"/etc/{n}", etc_dir / n) for n in ("hostname", "hosts", "resolv.conf"))
+    net = build_network(
+        options.network, options.publish, options.dns, options.dns_search, options.add_host
+    )
     return ContainerSpec(
         id=container_id,
         name=name,
@@ -299,4 +356,17 @@ def build(
         init=options.init,
         image=options.image,
         image_id=image_id,
+        restart=options.restart,
+        stop_signal=str(image_config.get("StopSignal") or "SIGTERM"),
+        network=net,
+        namespaces=NAMESPACES if net.own_namespace else tuple(n for n in NAMESPACES if n != "net"),
+        resources=options.resources,
+        # Last: compiling the seccomp filter is the most expensive check.
+        security=build_security(
+            cap_add=options.cap_add,
+            cap_drop=options.cap_drop,
+            privileged=options.privileged,
+            security_opts=options.security_opt,
+            ulimits=options.ulimits,
+        ),
     )

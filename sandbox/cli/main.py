@@ -62,6 +62,10 @@ def _register() -> None:
 
     for module in (run, images, containers, unshare):
         module.register(app)
+    from sandbox.cli import config_cmd, doctor, info, inspect
+
+    for module in (inspect, doctor, info, config_cmd):
+        module.register(app)
 
 
 def print_error(error: SandboxError) -> None:

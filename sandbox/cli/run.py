@@ -25,9 +25,16 @@ def register(app: typer.Typer) -> None:
         help="Run a command in a new container." + RUN_EXAMPLES,
     )
     def run(
+        ctx: typer.Context,
         image: str = typer.Argument(..., help="Image name or id (with --rootfs: a directory)."),
         command: list[str] = typer.Argument(None, help="Command and arguments."),
         remove: bool = typer.Option(False, "--rm", help="Remove the container when it exits."),
+        detach: bool = typer.Option(
+            False, "--detach", "-d", help="Run in the background; print the container id."
+        ),
+        restart: str = typer.Option(
+            "no", "--restart", help="no, always, unless-stopped or on-failure[:N] (with -d)."
+        ),
         interactive: bool = typer.Option(False, "--interactive", "-i", help="Keep stdin open."),
         tty: bool = typer.Option(False, "--tty", "-t", help="Allocate a pseudo-terminal."),
         name: str = typer.Option(None, "--name", help="Name of the container."),
@@ -47,8 +54,57 @@ def register(app: typer.Typer) -> None:
         userns: str = typer.Option(
             None, "--userns", help="auto, subids, or single (map only your own id)."
         ),
+        network: str = typer.Option(
+            None,
+            "--network",
+            "--net",
+            help="slirp4netns[:allow_host_loopback=true] (default where installed), pasta, "
+            "none or host.",
+        ),
+        publish: list[str] = typer.Option(
+            [], "--publish", "-p", help="Publish [IP:][HOSTPORT:]PORT[/udp]; ranges allowed."
+        ),
+        dns: list[str] = typer.Option([], "--dns", help="DNS server for the container."),
+        dns_search: list[str] = typer.Option([], "--dns-search", help="DNS search domain."),
+        add_host: list[str] = typer.Option([], "--add-host", help="Add NAME:IP to /etc/hosts."),
+        pull: str = typer.Option(
+            "missing", "--pull", help="Pull the image: always, missing, never or newer."
+        ),
+        tls_verify: str = typer.Option(
+            None, "--tls-verify", help="false: allow plain HTTP and unverified TLS for the pull."
+        ),
+        platform: str = typer.Option(None, "--platform", help="OS/ARCH[/VARIANT] to pull."),
+        memory: str = typer.Option(None, "--memory", "-m", help="Memory limit (64m, 1g)."),
+        memory_swap: str = typer.Option(None, "--memory-swap", help="Memory + swap; -1: no cap."),
+        memory_reservation: str = typer.Option(
+            None, "--memory-reservation", help="Memory protected from reclaim (memory.low)."
+        ),
+        cpus: str = typer.Option(None, "--cpus", help="CPUs the container may use (0.5)."),
+        cpu_shares: int = typer.Option(None, "--cpu-shares", help="CPU shares (v1 scale)."),
+        cpu_weight: int = typer.Option(None, "--cpu-weight", help="CPU weight, 1-10000."),
+        cpuset_cpus: str = typer.Option(None, "--cpuset-cpus", help="CPUs allowed (0-2,4)."),
+        pids_limit: int = typer.Option(None, "--pids-limit", help="Maximum processes."),
+        blkio_weight: int = typer.Option(None, "--blkio-weight", help="Block I/O weight, 10-1000."),
+        cgroups_mode: str = typer.Option(
+            None, "--cgroups", help="enabled, or disabled (limits are then not enforced)."
+        ),
+        cap_add: list[str] = typer.Option([], "--cap-add", help="Add a capability (or ALL)."),
+        cap_drop: list[str] = typer.Option([], "--cap-drop", help="Drop a capability (or ALL)."),
+        privileged: bool = typer.Option(
+            False, "--privileged", help="Every capability, no seccomp, no masked paths."
+        ),
+        security_opt: list[str] = typer.Option(
+            [],
+            "--security-opt",
+            help="seccomp=PROFILE.json|unconfined, no-new-privileges, mask=PATHS, unmask=PATHS.",
+        ),
+        ulimit: list[str] = typer.Option(
+            [], "--ulimit", help="Resource limit NAME=SOFT[:HARD] (nofile=1024:2048)."
+        ),
     ) -> None:
         from sandbox import config
+        from sandbox.cli.images import parse_bool
+        from sandbox.rootless import cgroups
         from sandbox.runtime import container
         from sandbox.spec import RunOptions
 
@@ -77,6 +133,54 @@ def register(app: typer.Typer) -> None:
             init=init,
             rootfs=rootfs,
             userns=userns,
+            detach=detach,
+            restart=restart,
+            network=network,
+            publish=tuple(publish),
+            dns=tuple(dns),
+            dns_search=tuple(dns_search),
+            add_host=tuple(add_host),
+            resources=cgroups.from_options(
+                memory=memory,
+                memory_swap=memory_swap,
+                memory_reservation=memory_reservation,
+                cpus=cpus,
+                cpu_shares=cpu_shares,
+                cpu_weight=cpu_weight,
+                cpuset_cpus=cpuset_cpus,
+                pids_limit=pids_limit,
+                blkio_weight=blkio_weight,
+            ),
+            cgroups=cgroups_mode,
+            pull=pull,
+            tls_verify=parse_bool("--tls-verify", tls_verify),
+            platform=platform,
+            cap_add=tuple(cap_add),
+            cap_drop=tuple(cap_drop),
+            privileged=privileged,
+            security_opt=tuple(security_opt),
+            ulimits=tuple(ulimit),
         )
-        code = container.run(config.load(), options)
+        settings = config.load()
+        if ctx.info_name == "create":
+            _, record = container.create(settings, options)
+            print(record.id)
+            return
+        if detach:
+            from sandbox.runtime import monitor
+            from sandbox.runtime.state import ContainerStore
+
+            spec, record = container.create(settings, options)
+            monitor.start(ContainerStore(settings.containers_root), spec, record)
+            print(record.id)
+            return
+        code = container.run(settings, options)
         raise typer.Exit(code)
+
+    # `sandbox create` takes run's options and stops once the container exists.
+    app.command(
+        "create",
+        context_settings={"help_option_names": ["--help"], "allow_interspersed_args": False},
+        help="Create a container without starting it ('sandbox start' runs it).\n\n"
+        "Examples:\n\n  sandbox create --name web busybox httpd -f\n\n  sandbox start web",
+    )(run)

@@ -169,3 +169,59 @@ def openat2(
         ctypes.c_size_t(ctypes.sizeof(how)),
     )
     return _check(int(fd), "openat2", os.fsdecode(path))
+
+
+# <linux/capability.h>
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """capset(2) for the calling thread with 64-bit masks (version 3: two 32-bit halves)."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in (0, 1):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
+
+
+# <linux/seccomp.h>
+SECCOMP_SET_MODE_FILTER = 1
+_SYS_SECCOMP = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "ppc64le": 358, "s390x": 348}
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def set_seccomp_filter(program: bytes, flags: int = 0) -> None:
+    """seccomp(SECCOMP_SET_MODE_FILTER): install a classic BPF program (8 bytes per insn).
+
+    Needs no_new_privs or CAP_SYS_ADMIN in the current user namespace.
+    """
+    if len(program) % 8 or not program:
+        raise ValueError("a BPF program is a non-empty multiple of 8 bytes")
+    buffer = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    number = _SYS_SECCOMP[platform.machine()]
+    result = _libc.syscall(
+        ctypes.c_long(number),
+        ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
+        ctypes.c_uint(flags),
+        ctypes.byref(prog),
+    )
+    _check(int(result), "seccomp", "SECCOMP_SET_MODE_FILTER")

@@ -7,6 +7,7 @@ is close-on-exec, so its EOF tells P the command was exec'd.
   step  who   does                                                   message
   1     I     unshare(CLONE_NEWUSER)                                 I->P unshared
   2     P     newuidmap/newgidmap on I                               P->I mapped
+  2b    P     moves I into the container's cgroup, limits written    P->I cgroup
   3     I     unshare(mount, PID, net, IPC, UTS, cgroup, time); fork 1     I->P pid1 {pid}; I exits
   4     P     reaps I; 1 is reparented to P (a child subreaper)      P->1 reparented
   5     1     PDEATHSIG; lo up; mounts: rootfs, /proc, /dev, /sys, volumes
@@ -28,6 +29,7 @@ import struct
 import termios
 from typing import NoReturn
 
+from sandbox import security
 from sandbox.errors import ContainerError, ExecError, ExitCode
 from sandbox.rootless import mounts, network, syscalls
 from sandbox.rootless.channel import Channel
@@ -35,14 +37,22 @@ from sandbox.rootless.mounts import Mount
 from sandbox.runtime import users
 from sandbox.spec import ContainerSpec
 
-NAMESPACES = (
-    syscalls.CLONE_NEWNS
-    | syscalls.CLONE_NEWPID
-    | syscalls.CLONE_NEWNET
-    | syscalls.CLONE_NEWIPC
-    | syscalls.CLONE_NEWUTS
-    | syscalls.CLONE_NEWCGROUP
-)
+# spec.namespaces names -> CLONE_* flags (the user namespace is step 1, time is added below).
+NAMESPACE_FLAGS = {
+    "mount": syscalls.CLONE_NEWNS,
+    "pid": syscalls.CLONE_NEWPID,
+    "net": syscalls.CLONE_NEWNET,
+    "ipc": syscalls.CLONE_NEWIPC,
+    "uts": syscalls.CLONE_NEWUTS,
+    "cgroup": syscalls.CLONE_NEWCGROUP,
+}
+
+
+def namespace_flags(names: tuple[str, ...]) -> int:
+    flags = 0
+    for name in names:
+        flags |= NAMESPACE_FLAGS[name]
+    return flags
 
 TIOCSPTLCK = 0x40045431
 TIOCGPTN = 0x80045430
@@ -64,11 +74,15 @@ FORWARDED = (
 
 def intermediate(spec: ContainerSpec, channel: Channel) -> int:
     """Step 3: runs as root of the new user namespace; creates the rest and forks PID 1."""
+    # Step 2b: wait until the parent has put us into the container's cgroup: the cgroup
+    # namespace unshared below takes the cgroup we are in as its root (/proc/self/cgroup 0::/).
+    channel.expect("cgroup")
+    flags = namespace_flags(spec.namespaces)
     try:
         try:
-            syscalls.unshare(NAMESPACES | syscalls.CLONE_NEWTIME)
+            syscalls.unshare(flags | syscalls.CLONE_NEWTIME)
         except OSError:
-            syscalls.unshare(NAMESPACES)  # kernels before 5.6 have no time namespaces
+            syscalls.unshare(flags)  # kernels before 5.6 have no time namespaces
     except OSError as e:
         raise ContainerError("cannot create the container's namespaces", context=e.strerror) from e
     pid = os.fork()
@@ -87,7 +101,8 @@ def pid1(spec: ContainerSpec, channel: Channel) -> NoReturn:
         # A session of our own: the caller's terminal signals (^C, ^Z) reach sandbox, which
         # forwards them, not the container's processes directly.
         os.setsid()
-        network.interface_up("lo")
+        if "net" in spec.namespaces:  # with --network host, lo is the host's
+            network.interface_up("lo")
         slave = setup_root(spec, channel)
         user = _resolve_user(spec)
         channel.send("ready")
@@ -117,6 +132,16 @@ def setup_root(spec: ContainerSpec, channel: Channel) -> int | None:
         mounts.setup_dev(root_fd, console=console)
         for destination, source in spec.etc_files:
             mounts.mount_at(root_fd, Mount(destination, "bind", str(source), ("bind",)))
+        # After /proc, /sys and /dev exist (we bind the container's /dev/null over files),
+        # and after the volumes, so a volume cannot uncover a masked path.
+        if "net" in spec.namespaces:
+            # podman's default sysctl: ping without CAP_NET_RAW, for root of the container.
+            # Before mask_paths, which makes /proc/sys read-only.
+            with contextlib.suppress(OSError), open(
+                "/proc/sys/net/ipv4/ping_group_range", "w"
+            ) as f:
+                f.write("0 0")
+        security.mask_paths(root_fd, spec.security)
     finally:
         os.close(root_fd)
     mounts.pivot(root)
@@ -215,6 +240,9 @@ def _reaper(spec: ContainerSpec, channel: Channel, slave: int | None, user: user
     # The reaper is our interpreter running inside the container; nobody there may open
     # /proc/1/exe or /proc/1/mem through it.
     syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
+    # It keeps no more capabilities than the container's processes.
+    security.prepare(spec.security)
+    security.restrict(spec.security)
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -254,13 +282,19 @@ def _exec(spec: ContainerSpec, channel: Channel, slave: int | None, user: users.
     except FileNotFoundError:
         os.makedirs(process.cwd, exist_ok=True)
         os.chdir(process.cwd)
+    # Order matters: rlimits and the bounding set need our capabilities; the user switch
+    # keeps them (PR_SET_KEEPCAPS) for capset; seccomp comes last, so none of this setup has
+    # to pass the filter.
+    security.prepare(spec.security)
     _set_user(spec, user)
+    security.restrict(spec.security)
     _close_fds_except({0, 1, 2, channel.fileno()})
     # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive execve.
     for signum in (signal.SIGPIPE, signal.SIGXFSZ, *FORWARDED):
         signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     program = process.args[0]
+    security.install_seccomp(spec.security)
     failure = exec_failure(program, execvpe(program, list(process.args), env))
     channel.send_error(failure)
     os._exit(failure.exit_code)

@@ -70,6 +70,9 @@ def test_loopback_is_up_and_nothing_else(sandbox: Run, busybox_image: str) -> No
         sandbox(
             "run",
             "--rm",
+            # busybox's ping needs a raw socket, which podman's default set leaves out.
+            "--cap-add",
+            "NET_RAW",
             busybox_image,
             "sh",
             "-c",
