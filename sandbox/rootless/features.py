@@ -179,15 +179,21 @@ def _in_fresh_interpreter(name: str) -> Probe:
 def _probe_subids(subuid: Path | None = None, subgid: Path | None = None) -> Probe:
     from sandbox.rootless import idmap
 
-    user, uid, _ = idmap.current_user()
+    user, uid, gid = idmap.current_user()
     problems = []
     details = []
     for kind, path in (("uids", subuid or idmap.SUBUID), ("gids", subgid or idmap.SUBGID)):
-        ranges = idmap.read_subids(path, user, uid)
+        # getsubids asks libsubid, so ranges from LDAP/SSSD count; another path is read as is.
+        ranges, source = subordinate_ranges(kind, user, uid, path)
         total = sum(count for _, count in ranges)
+        own = uid if kind == "uids" else gid
         if total < MIN_SUBIDS:
             have = f"only {total}" if total else "no"
-            problems.append((kind, path, f"{have} subordinate {kind} for {user} in {path}"))
+            problems.append((kind, path, f"{have} subordinate {kind} for {user} in {source}"))
+        elif any(start <= own < start + count for start, count in ranges):
+            problems.append(
+                (kind, path, f"the subordinate {kind} of {user} in {source} include its own id")
+            )
         else:
             spans = ", ".join(f"{start}-{start + count - 1}" for start, count in ranges)
             details.append(f"{kind} {spans}")
@@ -202,6 +208,37 @@ def _probe_subids(subuid: Path | None = None, subgid: Path | None = None) -> Pro
         fix=f"add the line '{user}:100000:65536' to {files} (any free range of "
         f"{MIN_SUBIDS} ids), or as root: usermod {options} {user}",
     )
+
+
+def subordinate_ranges(
+    kind: str, user: str, uid: int, path: Path | None
+) -> tuple[list[tuple[int, int]], str]:
+    """(start, count) ranges of subordinate "uids" or "gids" for user, and where they came from:
+    `getsubids` when it is installed and path is the system file, else the file itself."""
+    from sandbox.rootless import idmap
+
+    default = idmap.SUBUID if kind == "uids" else idmap.SUBGID
+    file = path or default
+    tool = shutil.which("getsubids")
+    if tool is not None and file == default:
+        args = [tool, "-g", user] if kind == "gids" else [tool, user]
+        try:
+            done = subprocess.run(args, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            done = None
+        if done is not None:
+            ranges = []
+            # Lines look like "0: alice 100000 65536"; exit status 1 means no ranges.
+            for line in done.stdout.splitlines():
+                fields = line.split()
+                if len(fields) == 4 and fields[1] in (user, str(uid)):
+                    with contextlib.suppress(ValueError):
+                        ranges.append((int(fields[2]), int(fields[3])))
+            return ranges, f"{file} (through getsubids)"
+    try:
+        return idmap.read_subids(file, user, uid), str(file)
+    except Exception:  # a HostError for an unreadable file: no ranges we can use
+        return [], str(file)
 
 
 def _probe_newuidmap() -> Probe:
@@ -448,6 +485,318 @@ def _probe_cgroup2(
 
 
 # ---------------------------------------------------------------------------------------------
+# the user's session: sysctls, XDG_RUNTIME_DIR, lingering, cgroup delegation, the user bus
+
+_DELEGATE_FIX = (
+    "as root: mkdir -p /etc/systemd/system/user@.service.d && printf '[Service]\\n"
+    "Delegate=cpu cpuset io memory pids\\n' > /etc/systemd/system/user@.service.d/delegate.conf"
+    " && systemctl daemon-reload, then log in again"
+)
+_APPARMOR_PROFILE = "/etc/apparmor.d/sandbox"
+# Controllers a container's limits need (--cpus, --memory, --pids-limit, --blkio-weight).
+WANTED_CONTROLLERS = ("cpu", "memory", "pids", "io")
+
+
+def _probe_sysctls() -> Probe:
+    values = []
+    for name, path, _, _ in _USERNS_SYSCTLS:
+        value = _read(path)
+        if value is not None:
+            values.append(f"{name} = {value}")
+    blockers = _userns_blockers()
+    if not blockers:
+        return Probe("sysctls", True, "; ".join(values) or "no user-namespace sysctl is present")
+    fixes = [fix for _, fix in blockers]
+    if any("apparmor" in what for what, _ in blockers):
+        fixes.append(
+            f"or keep the restriction and allow sandbox: write a profile {_APPARMOR_PROFILE} "
+            f"'abi <abi/4.0>, include <tunables/global> profile sandbox {sys.executable} "
+            "flags=(unconfined) { userns, }' and load it with apparmor_parser -r "
+            f"{_APPARMOR_PROFILE}"
+        )
+    return Probe("sysctls", False, "; ".join(w for w, _ in blockers), fix="; ".join(fixes))
+
+
+def _probe_xdg_runtime() -> Probe:
+    uid = os.getuid()
+    fallback = f"sandbox keeps its state in /tmp/sandbox-{uid} meanwhile"
+    fix = (
+        "log in through a PAM session with pam_systemd (it creates /run/user/UID), "
+        "or export XDG_RUNTIME_DIR=<a 0700 directory you own>"
+    )
+    raw = os.environ.get("XDG_RUNTIME_DIR", "")
+    if not raw:
+        return Probe("xdg_runtime", False, f"XDG_RUNTIME_DIR is not set; {fallback}", fix=fix)
+    if not os.path.isabs(raw):
+        return Probe("xdg_runtime", False, f"XDG_RUNTIME_DIR={raw} is not absolute", fix=fix)
+    try:
+        st = os.stat(raw)
+    except OSError as e:
+        return Probe("xdg_runtime", False, f"XDG_RUNTIME_DIR={raw}: {e.strerror}", fix=fix)
+    if st.st_uid != uid or not os.access(raw, os.W_OK | os.X_OK):
+        return Probe(
+            "xdg_runtime", False, f"XDG_RUNTIME_DIR={raw} is not yours or not writable", fix=fix
+        )
+    if st.st_mode & 0o077:
+        return Probe(
+            "xdg_runtime",
+            False,
+            f"XDG_RUNTIME_DIR={raw} is mode {stat.S_IMODE(st.st_mode):04o}: others can see "
+            "container state",
+            fix=f"chmod 0700 {raw}",
+        )
+    return Probe("xdg_runtime", True, f"XDG_RUNTIME_DIR={raw} (yours, mode 0700)")
+
+
+def _probe_linger(linger_dir: Path = Path("/var/lib/systemd/linger")) -> Probe:
+    from sandbox.rootless import idmap
+
+    user, _, _ = idmap.current_user()
+    if (linger_dir / user).exists():
+        return Probe("linger", True, f"lingering is enabled for {user} ({linger_dir / user})")
+    return Probe(
+        "linger",
+        False,
+        f"lingering is not enabled for {user}: the user manager, its cgroups and detached "
+        "containers end at logout",
+        fix=f"loginctl enable-linger {user}",
+    )
+
+
+def own_cgroup(text: str | None = None) -> str | None:
+    """This process's cgroup v2 path ("/user.slice/...") from /proc/self/cgroup, if any."""
+    if text is None:
+        text = _read(Path("/proc/self/cgroup"))
+    for line in (text or "").splitlines():
+        if line.startswith("0::"):
+            return line[3:] or "/"
+    return None
+
+
+def delegated_cgroup(root: Path = Path("/sys/fs/cgroup")) -> Path | None:
+    """The topmost cgroup above (and including) ours that this user owns: the delegated one."""
+    path = own_cgroup()
+    if path is None:
+        return None
+    current = root / path.lstrip("/")
+    found = None
+    uid = os.getuid()
+    while current != root and root in current.parents:
+        try:
+            if os.stat(current).st_uid != uid:
+                break
+        except OSError:
+            break
+        found = current
+        current = current.parent
+    return found
+
+
+def _probe_cgroup_delegation(
+    mountinfo: Path = Path("/proc/self/mountinfo"), root: Path = Path("/sys/fs/cgroup")
+) -> Probe:
+    text = _read(mountinfo)
+    layout, where = cgroup_layout(text or "")
+    if layout != "unified":
+        return Probe(
+            "cgroup_delegation",
+            False,
+            f"no cgroup is delegated to this user: the cgroup layout is {layout}"
+            + (f" (cgroup2 at {where})" if where else "")
+            + "; --memory, --cpus and --pids-limit cannot be enforced",
+            fix="boot with systemd.unified_cgroup_hierarchy=1 (cgroup v2), then delegate "
+            "controllers to user sessions: " + _DELEGATE_FIX,
+        )
+    delegated = delegated_cgroup(root)
+    if delegated is None:
+        return Probe(
+            "cgroup_delegation",
+            False,
+            f"cgroup v2, but no cgroup above ours ({own_cgroup()}) belongs to this user",
+            fix="log in through systemd-logind (loginctl enable-linger $USER) so that "
+            "user@UID.service owns a cgroup; " + _DELEGATE_FIX,
+        )
+    controllers = (_read(delegated / "cgroup.controllers") or "").split()
+    lacking = [c for c in WANTED_CONTROLLERS if c not in controllers]
+    if lacking:
+        return Probe(
+            "cgroup_delegation",
+            False,
+            f"{delegated} is delegated with controllers: {' '.join(controllers) or '(none)'}; "
+            f"missing: {' '.join(lacking)}",
+            fix=_DELEGATE_FIX,
+        )
+    return Probe(
+        "cgroup_delegation", True, f"{delegated} is delegated with: {' '.join(controllers)}"
+    )
+
+
+def user_bus_path() -> Path | None:
+    """The systemd user bus socket: DBUS_SESSION_BUS_ADDRESS's unix:path, else the runtime dir's."""
+    address = os.environ.get("DBUS_SESSION_BUS_ADDRESS", "")
+    for part in address.split(";"):
+        if part.startswith("unix:"):
+            for option in part[5:].split(","):
+                key, _, value = option.partition("=")
+                if key == "path" and value:
+                    return Path(value)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(runtime) / "bus" if runtime else Path(f"/run/user/{os.getuid()}/bus")
+
+
+def _probe_user_bus() -> Probe:
+    import socket
+
+    path = user_bus_path()
+    fix = (
+        "install dbus-user-session and log in through systemd-logind "
+        "(loginctl enable-linger $USER starts the user manager); sandbox uses cgroupfs "
+        "directly without it"
+    )
+    if path is None:
+        return Probe("user_bus", False, "no systemd user bus address", fix=fix)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(2)
+        sock.connect(str(path))
+    except OSError as e:
+        return Probe(
+            "user_bus", False, f"cannot connect to the user bus {path}: {e.strerror}", fix=fix
+        )
+    finally:
+        sock.close()
+    return Probe("user_bus", True, f"the systemd user bus answers at {path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the storage directory, ports, nesting
+
+_NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "fuse.sshfs", "9p", "ceph", "lustre", "glusterfs")
+
+
+def mount_of(path: Path, mountinfo: str) -> tuple[str, str, set[str]]:
+    """(mount point, filesystem type, mount options) of the mount holding path."""
+    best = ("/", "unknown", set[str]())
+    target = str(path)
+    for line in mountinfo.splitlines():
+        if " - " not in line:
+            continue
+        left, right = line.split(" - ", 1)
+        fields = left.split()
+        if len(fields) < 6:
+            continue
+        # mountinfo escapes spaces and friends as \\040 etc.
+        point = fields[4].encode().decode("unicode_escape")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[0]):
+            best = (point, right.split()[0], set(fields[5].split(",")))
+    return best
+
+
+def _probe_storage_fs() -> Probe:
+    from sandbox import config
+
+    try:
+        where = config.load().data_root
+    except Exception:  # a broken config file is the config check's to report
+        where = config.data_home() / "sandbox"
+    existing = where
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    point, fstype, options = mount_of(existing.resolve(), _read(Path("/proc/self/mountinfo")) or "")
+    what = f"{where} is on {fstype} (mounted at {point})"
+    if fstype in _NETWORK_FS or fstype.startswith("nfs"):
+        return Probe(
+            "storage_fs",
+            False,
+            f"{what}: a network filesystem cannot hold files owned by subordinate ids, nor "
+            "an overlay upper layer",
+            fix="set data_root in ~/.config/sandbox/config.yaml to a local directory, "
+            "for example under /var/tmp",
+        )
+    if "noexec" in options:
+        return Probe(
+            "storage_fs",
+            False,
+            f"{what} with noexec: programs in containers could not be executed",
+            fix="set data_root in ~/.config/sandbox/config.yaml to a directory on a "
+            "filesystem mounted without noexec",
+        )
+    if not os.access(existing, os.W_OK):
+        return Probe(
+            "storage_fs",
+            False,
+            f"{what}, but {existing} is not writable by this user",
+            fix=f"set data_root in ~/.config/sandbox/config.yaml, or fix the owner of {existing}",
+        )
+    return Probe("storage_fs", True, what)
+
+
+def _probe_unprivileged_ports(
+    path: Path = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start"),
+) -> Probe:
+    value = _read(path)
+    if value is None or not value.isdigit():
+        return Probe("unprivileged_ports", False, f"cannot read {path}")
+    start = int(value)
+    if start <= 80:
+        return Probe(
+            "unprivileged_ports",
+            True,
+            f"net.ipv4.ip_unprivileged_port_start = {start}: host ports from {start} can be "
+            "published",
+        )
+    return Probe(
+        "unprivileged_ports",
+        False,
+        f"net.ipv4.ip_unprivileged_port_start = {start}: host ports below {start} cannot be "
+        "published (-p 80:80); higher ones can",
+        fix="sysctl -w net.ipv4.ip_unprivileged_port_start=80 "
+        "(persist it in /etc/sysctl.d/), or publish a port >= " + str(start),
+    )
+
+
+def _probe_nested() -> Probe:
+    markers = [p for p in ("/.dockerenv", "/run/.containerenv") if os.path.exists(p)]
+    # systemd's convention for "this is a container" is a lower-case variable.
+    flavour = os.environ.get("container")  # noqa: SIM112
+    if flavour:
+        markers.append(f"container={flavour}")
+    limits = []
+    status = _read(Path("/proc/self/status")) or ""
+    for line in status.splitlines():
+        if line.startswith("Seccomp:") and line.split()[1:] not in ([], ["0"]):
+            limits.append("a seccomp filter is installed on this process")
+    # Mounts over /proc/... (a container runtime's masked paths) make the kernel refuse a
+    # fresh proc mount in a new PID namespace ("mount_too_revealing").
+    masked = []
+    for line in (_read(Path("/proc/self/mountinfo")) or "").splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4].startswith("/proc/") and "binfmt_misc" not in fields[4]:
+            masked.append(fields[4])
+    if masked:
+        limits.append(f"paths under /proc are masked: {', '.join(masked[:4])}")
+    seen = ", ".join(markers)
+    if not limits:
+        if markers:
+            return Probe(
+                "nested",
+                True,
+                f"container markers ({seen}), but no masked /proc and no seccomp filter: "
+                "nesting works",
+            )
+        return Probe("nested", True, "not running inside another container")
+    return Probe(
+        "nested",
+        False,
+        f"running inside another container{f' ({seen})' if seen else ''}: " + "; ".join(limits),
+        fix="run the outer container with an unmasked /proc and no seccomp filter (podman: "
+        "--security-opt unmask=/proc/* --security-opt seccomp=unconfined; docker: "
+        "--security-opt systempaths=unconfined --security-opt seccomp=unconfined)",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # the table, the cache, the entry points
 
 _PROBES: dict[str, Callable[[], Probe]] = {
@@ -463,6 +812,14 @@ _PROBES: dict[str, Callable[[], Probe]] = {
         "fuse-overlayfs", "the storage fallback without kernel overlay"
     ),
     "cgroup2": _probe_cgroup2,
+    "sysctls": _probe_sysctls,
+    "xdg_runtime": _probe_xdg_runtime,
+    "linger": _probe_linger,
+    "cgroup_delegation": _probe_cgroup_delegation,
+    "user_bus": _probe_user_bus,
+    "storage_fs": _probe_storage_fs,
+    "unprivileged_ports": _probe_unprivileged_ports,
+    "nested": _probe_nested,
 }
 
 NAMES: tuple[str, ...] = tuple(_PROBES)

@@ -21,6 +21,14 @@ EXPECTED = {
     "pasta",
     "fuse-overlayfs",
     "cgroup2",
+    "sysctls",
+    "xdg_runtime",
+    "linger",
+    "cgroup_delegation",
+    "user_bus",
+    "storage_fs",
+    "unprivileged_ports",
+    "nested",
 }
 
 
