@@ -27,6 +27,8 @@ def _each(names: list[str], action: Callable[[str], object]) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    register_copy(app)
+    register_diff(app)
     container_app = typer.Typer(help="Manage containers.", no_args_is_help=True)
     app.add_typer(container_app, name="container")
 
@@ -273,3 +275,43 @@ def _print_logs(
 
         for line in logs.follow(path, offset, running):
             show(line)
+
+
+def register_copy(app: typer.Typer) -> None:
+    @app.command(
+        "cp",
+        help="Copy files between a container and the host.\n\nExamples:\n\n"
+        "  sandbox cp web:/etc/hostname .\n\n  sandbox cp ./site web:/var/www\n\n"
+        "Symlinks inside the container resolve inside its root: a copy never "
+        "reaches the host through one.",
+    )
+    def cp(
+        source: str = typer.Argument(..., help="CONTAINER:PATH or a host path."),
+        destination: str = typer.Argument(..., help="CONTAINER:PATH or a host path."),
+    ) -> None:
+        from sandbox import config
+        from sandbox.runtime import copy
+
+        copy.copy(config.load(), source, destination)
+
+
+def register_diff(app: typer.Typer) -> None:
+    @app.command(
+        "diff",
+        help="List the files a container added (A), changed (C) or deleted "
+        "(D).\n\nExamples:\n\n  sandbox diff web\n\n  sandbox diff --format json web",
+    )
+    def diff(
+        container: str = typer.Argument(..., help="Name or id."),
+        format_: str = typer.Option("table", "--format", help="table or json."),
+    ) -> None:
+        from sandbox import config
+        from sandbox.cli import render
+        from sandbox.runtime import changes
+
+        found = changes.diff(config.load(), container)
+        if format_ == "json":
+            render.json_out([{"Kind": kind, "Path": path} for kind, path in found])
+            return
+        for kind, path in found:
+            print(f"{kind} {path}")

@@ -95,8 +95,9 @@ def error_to_message(error: BaseException) -> dict[str, Any]:
             "class": type(error).__name__,
         }
     if isinstance(error, OSError):
+        text = error.strerror or str(error)
         return {
-            "message": error.strerror or str(error),
+            "message": f"{error.filename}: {text}" if error.filename else text,
             "context": None,
             "hint": None,
             "exit_code": 125,

@@ -356,3 +356,108 @@ def test_ps_never_crashes_while_containers_come_and_go(
         for p in runs:
             p.wait(timeout=120)
     assert all(p.returncode == 0 for p in runs)
+
+
+def test_cp_both_ways_running_and_stopped(sandbox: Run, busybox_image: str, tmp_path: Path) -> None:
+    _ok(
+        sandbox(
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            "copier",
+            busybox_image,
+            "sh",
+            "-c",
+            "mkdir -p /data/sub && echo inside > /data/sub/f && chown 1000:1000 "
+            "/data/sub/f && exec sleep 1000",
+        )
+    )
+    _until(
+        lambda: sandbox("exec", "copier", "test", "-e", "/data/sub/f").returncode == 0,
+        "the file inside",
+    )
+    _ok(sandbox("cp", "copier:/data", str(tmp_path)))
+    copied = tmp_path / "data" / "sub" / "f"
+    assert copied.read_text() == "inside\n"
+    assert copied.stat().st_uid == os.getuid()
+    host_file = tmp_path / "from-host"
+    host_file.write_text("outside\n")
+    _ok(sandbox("cp", str(host_file), "copier:/data/sub/"))
+    _ok(sandbox("cp", str(host_file), "copier:/data/renamed"))
+    out = _ok(
+        sandbox(
+            "exec",
+            "copier",
+            "sh",
+            "-c",
+            "cat /data/sub/from-host /data/renamed; stat -c %u:%g /data/renamed",
+        )
+    )
+    assert out.splitlines() == ["outside", "outside", "0:0"]
+    _ok(sandbox("stop", "-t", "0", "copier"))
+    # Stopped: the root is mounted privately for the copy.
+    _ok(sandbox("cp", "copier:/data/renamed", str(tmp_path / "back")))
+    assert (tmp_path / "back").read_text() == "outside\n"
+    assert sandbox("cp", "copier:/no/such", str(tmp_path)).returncode == 125
+    _ok(sandbox("rm", "copier"))
+
+
+def test_cp_never_writes_through_a_symlink_out_of_the_root(
+    sandbox: Run, busybox_image: str, tmp_path: Path
+) -> None:
+    """CVE-2018-15664 class: a container's symlink must not lead `cp` onto the host."""
+    target = tmp_path / "host-target"
+    target.mkdir()
+    _ok(
+        sandbox(
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            "symlinker",
+            busybox_image,
+            "sh",
+            "-c",
+            f"ln -s {target} /abs && ln -s ../../../../../../{target} /rel && exec sleep 1000",
+        )
+    )
+    _until(
+        lambda: sandbox("exec", "symlinker", "test", "-L", "/rel").returncode == 0, "the symlinks"
+    )
+    payload = tmp_path / "payload"
+    payload.write_text("evil\n")
+    for link in ("abs", "rel"):
+        done = sandbox("cp", str(payload), f"symlinker:/{link}/x")
+        assert done.returncode == 125, done.stderr
+        done = sandbox("cp", str(payload), f"symlinker:/{link}")
+        # Copying onto the symlink's own name replaces nothing on the host either way.
+    assert list(target.iterdir()) == []
+    # Reading through them reads the container's paths, never the host's.
+    (target / "secret").write_text("host secret\n")
+    assert sandbox("cp", "symlinker:/abs/secret", str(tmp_path / "stolen")).returncode == 125
+    assert not (tmp_path / "stolen").exists()
+    _ok(sandbox("rm", "-f", "symlinker"))
+
+
+def test_diff_lists_added_changed_deleted(sandbox: Run, busybox_image: str) -> None:
+    _ok(
+        sandbox(
+            "run",
+            "--name",
+            "differ",
+            "--network",
+            "none",
+            busybox_image,
+            "sh",
+            "-c",
+            "echo new > /added; echo x >> /etc/passwd; rm /bin/ls",
+        )
+    )
+    out = _ok(sandbox("diff", "differ"))
+    lines = set(out.splitlines())
+    assert {"A /added", "C /etc/passwd", "D /bin/ls"} <= lines
+    assert json.loads(_ok(sandbox("diff", "--format", "json", "differ")))
+    _ok(sandbox("rm", "differ"))
