@@ -107,7 +107,7 @@ def _join_running(container: Container, work: Callable[[Channel], int]) -> tuple
                 if name in namespaces:
                     syscalls.setns(namespaces[name], flags[name])
             code = work(child_end)
-        except BaseException as error:  # noqa: BLE001 - everything must reach the parent
+        except BaseException as error:
             child_end.send_error(error)
         finally:
             os._exit(code)
