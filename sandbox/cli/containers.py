@@ -14,7 +14,13 @@ def register(app: typer.Typer) -> None:
     def ps(
         all_: bool = typer.Option(False, "--all", "-a", help="Show exited containers too."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only ids."),
-        format_: str = typer.Option("table", "--format", help="table or json."),
+        format_: str = typer.Option(
+            "table", "--format", help="table, json, or a template such as '{{.Names}} {{.Status}}'."
+        ),
+        filters: list[str] = typer.Option(
+            [], "--filter", "-f", help="KEY=VALUE: id, name, status, image (repeatable)."
+        ),
+        last: int = typer.Option(-1, "--last", "-n", help="Only the N most recent."),
     ) -> None:
         from sandbox import config
         from sandbox.cli import render
@@ -22,15 +28,17 @@ def register(app: typer.Typer) -> None:
 
         settings = config.load()
         containers = ContainerStore(settings.containers_root).list()
-        if not all_:
+        if not all_ and not any(f.startswith("status=") for f in filters) and last < 0:
             containers = [c for c in containers if c.status == "running"]
+        containers = render.filter_containers(containers, filters)
+        if last >= 0:
+            containers = containers[:last]
         if format_ == "json":
             render.json_out([render.container_json(c) for c in containers])
             return
         if format_ != "table":
-            from sandbox.errors import UsageError
-
-            raise UsageError(f"unknown --format {format_!r}", hint="use table or json")
+            render.template(format_, [render.container_fields(c) for c in containers])
+            return
         if quiet:
             for c in containers:
                 print(c.short_id)
@@ -56,6 +64,13 @@ def register(app: typer.Typer) -> None:
     def rm(
         containers: list[str] = typer.Argument(..., help="Names or ids."),
         force: bool = typer.Option(False, "--force", "-f", help="Kill running ones first."),
+        volumes: bool = typer.Option(
+            False,
+            "--volumes",
+            "-v",
+            help="Accepted for podman compatibility (no anonymous "
+            "volumes exist: -v binds are the user's directories and are never removed).",
+        ),
     ) -> None:
         from sandbox import config
         from sandbox.cli.main import print_error

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import shlex
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sandbox.runtime.state import Container
@@ -79,3 +80,86 @@ def container_json(c: Container) -> dict[str, Any]:
         "ExitedAt": c.finished_at,
         "AutoRemove": c.remove,
     }
+
+
+def container_fields(c: Container) -> dict[str, Any]:
+    """The names a --format template can use for a container (podman's, where they exist)."""
+    return {
+        "ID": c.short_id,
+        "Id": c.id,
+        "Names": c.name,
+        "Name": c.name,
+        "Image": c.image,
+        "ImageID": c.image_id or "",
+        "Command": command(c.command, 1 << 16),
+        "Created": c.created,
+        "CreatedAt": c.created,
+        "RunningFor": ago(c.created),
+        "Status": status(c),
+        "State": c.status,
+        "Pid": c.pid if c.status == "running" else 0,
+        "ExitCode": "" if c.exit_code is None else c.exit_code,
+        "Ports": ", ".join(c.ports),
+    }
+
+
+_FIELD = re.compile(r"{{\s*\.(\w+)\s*}}")
+
+
+def template(fmt: str, rows: Sequence[dict[str, Any]]) -> None:
+    """A small subset of Go templates: {{.Field}}, \\t and \\n; "table " adds a header."""
+    fmt = fmt.replace("\\t", "\t").replace("\\n", "\n")
+    with_header = fmt.startswith("table ")
+    if with_header:
+        fmt = fmt[len("table ") :]
+    unknown = {m.group(1) for m in _FIELD.finditer(fmt)} - (set(rows[0]) if rows else set())
+    if rows and unknown:
+        from sandbox.errors import UsageError
+
+        raise UsageError(
+            f"unknown field(s) in --format: {', '.join(sorted(unknown))}",
+            hint=f"fields: {', '.join(sorted(rows[0]))}",
+        )
+    lines = [_fill(fmt, row) for row in rows]
+    if with_header:
+        header = _FIELD.sub(lambda m: _header(m.group(1)), fmt)
+        cells = [line.split("\t") for line in [header, *lines]]
+        if all(len(c) == len(cells[0]) for c in cells):
+            table(cells[0], cells[1:])
+            return
+        lines = [header, *lines]
+    for line in lines:
+        sys.stdout.write(line + "\n")
+
+
+def _fill(fmt: str, row: dict[str, Any]) -> str:
+    return _FIELD.sub(lambda m: str(row.get(m.group(1), "")), fmt)
+
+
+def _header(field: str) -> str:
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", field).upper()
+
+
+def filter_containers(containers: list[Container], filters: Sequence[str]) -> list[Container]:
+    """--filter KEY=VALUE; the same key twice means either value, different keys all must hold."""
+    wanted: dict[str, list[str]] = {}
+    for item in filters:
+        key, eq, value = item.partition("=")
+        if not eq or key not in ("id", "name", "status", "image", "ancestor"):
+            from sandbox.errors import UsageError
+
+            raise UsageError(
+                f"invalid --filter {item!r}", hint="use id=, name=, status= or image= (ancestor=)"
+            )
+        wanted.setdefault("image" if key == "ancestor" else key, []).append(value)
+
+    def keep(c: Container) -> bool:
+        checks: dict[str, Callable[[str], bool]] = {
+            "id": lambda v: c.id.startswith(v),
+            "name": lambda v: re.search(v, c.name) is not None,
+            "status": lambda v: c.status == v,
+            "image": lambda v: v in (c.image, c.image_id) or (c.image_id or "").startswith(v),
+        }
+        return all(any(checks[k](v) for v in values) for k, values in wanted.items())
+
+    return [c for c in containers if keep(c)]

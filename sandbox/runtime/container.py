@@ -77,7 +77,17 @@ def create(
     else:
         from sandbox.images.store import ImageStore
 
-        image = ImageStore(settings.storage_root, mapping).lookup(options.image)
+        from sandbox.images import pull
+
+        # Before anything forks: a pull's download threads are joined inside ensure_image.
+        image = pull.ensure_image(
+            settings,
+            mapping,
+            options.image,
+            policy=options.pull,
+            tls_verify=options.tls_verify,
+            platform=options.platform,
+        )
         image_config, image_id = dict(image.config), image.id
         lowers = tuple(ImageStore(settings.storage_root, mapping).layer_paths(image))
     container_id = store.new_id()

@@ -461,3 +461,36 @@ def test_diff_lists_added_changed_deleted(sandbox: Run, busybox_image: str) -> N
     assert {"A /added", "C /etc/passwd", "D /bin/ls"} <= lines
     assert json.loads(_ok(sandbox("diff", "--format", "json", "differ")))
     _ok(sandbox("rm", "differ"))
+
+
+def test_ps_filters_and_templates(sandbox: Run, busybox_image: str) -> None:
+    _ok(sandbox("run", "--name", "filtered-a", "--network", "none", busybox_image, "true"))
+    assert (
+        sandbox(
+            "run", "--name", "filtered-b", "--network", "none", busybox_image, "false"
+        ).returncode
+        == 1
+    )
+    out = _ok(
+        sandbox(
+            "ps",
+            "-a",
+            "--filter",
+            "name=^filtered-",
+            "--format",
+            "{{.Names}} {{.State}} {{.ExitCode}}",
+        )
+    )
+    assert sorted(out.splitlines()) == ["filtered-a exited 0", "filtered-b exited 1"]
+    out = _ok(sandbox("ps", "-a", "--filter", "name=filtered-b", "--format", "table {{.Names}}"))
+    assert out.split() == ["NAMES", "filtered-b"]
+    assert (
+        _ok(sandbox("ps", "--filter", "status=running", "--filter", "name=filtered")).splitlines()[
+            1:
+        ]
+        == []
+    )
+    bad = sandbox("ps", "--format", "{{.Nope}}", "-a")
+    assert bad.returncode == 125 and "Nope" in bad.stderr
+    assert sandbox("ps", "--filter", "colour=red").returncode == 125
+    _ok(sandbox("rm", "filtered-a", "filtered-b"))
