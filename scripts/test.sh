@@ -7,7 +7,8 @@
 # an unprivileged user, because rootless is the product and root proves nothing about it:
 #   1. installs the Debian packages the tests use (apt-get update first), when any is missing;
 #   2. makes /dev/net/tun and /dev/fuse mode 0666, as mainstream distributions ship them;
-#   3. creates the test user (SANDBOX_TEST_USER, default sbtest) with subordinate id ranges;
+#   3. creates the test user (SANDBOX_TEST_USER, default sbtest) with subordinate id ranges,
+#      and sbnosub without any (tests/nosubids runs as that user after the main run);
 #   4. builds the test images that need root: a Debian bookworm rootfs tarball by debootstrap,
 #      cached at /var/cache/sandbox-tests/debian-bookworm.tar (rebuilt only when missing);
 #   5. stages a copy of this tree in /var/tmp/sandbox-ci/src, owned by the test user;
@@ -22,6 +23,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 test_user=${SANDBOX_TEST_USER:-sbtest}
+nosub_user=sbnosub   # a user without subordinate ids, for tests/nosubids
 cache_dir=/var/cache/sandbox-tests
 debian_tarball=${SANDBOX_TEST_DEBIAN_TARBALL:-$cache_dir/debian-bookworm.tar}
 stage=/var/tmp/sandbox-ci
@@ -142,6 +144,29 @@ build_vm_image() {
     else
         warn "the VM image could not be built; tests/vm will fail in CI"
     fi
+}
+
+create_nosubids_user() {
+    if ! id -u "$nosub_user" >/dev/null 2>&1; then
+        step "creating $nosub_user, a user without subordinate ids (useradd -m)"
+        useradd -m -s /bin/bash "$nosub_user"
+    fi
+    # useradd grants ranges: take them away again, that is the point of this user.
+    sed -i "/^$nosub_user:/d" /etc/subuid /etc/subgid
+}
+
+run_nosubids_tests() {
+    # doctor fails and names the /etc/subuid line; run falls back to a single-id mapping.
+    local home dir=$stage/nosubids
+    local path_var=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+    home=$(getent passwd "$nosub_user" | cut -d: -f6)
+    install -d -o "$nosub_user" -m 0700 "$dir" "$dir/tmp" "$dir/run"
+    step "running tests/nosubids as $nosub_user (no subordinate ids)"
+    (cd "$stage/src" && timeout --kill-after=30 10m runuser -u "$nosub_user" -- env -i \
+        "HOME=$home" "USER=$nosub_user" "LOGNAME=$nosub_user" "LANG=C.UTF-8" "PATH=$path_var" \
+        "TMPDIR=$dir/tmp" "XDG_RUNTIME_DIR=$dir/run" "CI=${CI:-}" \
+        "SANDBOX_REQUIRE_FEATURES=${SANDBOX_REQUIRE_FEATURES:-}" "SANDBOX_TEST_NOSUBIDS=1" \
+        "$stage/src/.venv/bin/python" -m pytest -p no:cacheprovider -ra tests/nosubids </dev/null)
 }
 
 stage_tree() {
@@ -265,10 +290,17 @@ main() {
         install_packages
         open_devices
         create_test_user
+        create_nosubids_user
         build_debian_tarball
         build_vm_image
         stage_tree
-        run_as_test_user "$@"
+        local status=0
+        run_as_test_user "$@" || status=$?
+        # With the default sessions (or "tests"), the suite for a user without subids too.
+        if [[ $# -eq 0 || " $* " == *" tests "* ]]; then
+            run_nosubids_tests || [[ $status -ne 0 ]] || status=1
+        fi
+        return "$status"
     else
         report_host
         setup_venv
