@@ -78,6 +78,18 @@ class LayerError(ImageError):
     """A layer tarball that cannot be unpacked safely."""
 
 
+class RegistryError(ImageError):
+    """A registry that cannot be reached or answers with an error or malformed data."""
+
+
+class AuthError(RegistryError):
+    """A registry refused our credentials (or wants some and we have none)."""
+
+
+class DigestError(ImageError):
+    """Content whose sha256 is not the digest that named it (corrupt or tampered)."""
+
+
 class ContainerError(SandboxError):
     """A container that is missing, in the wrong state, or failed to start."""
 

@@ -36,7 +36,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sandbox.errors import ImageError, ImageNotFound, LayerError, SandboxError, UsageError
+from sandbox.errors import (
+    DigestError,
+    ImageError,
+    ImageNotFound,
+    LayerError,
+    SandboxError,
+    UsageError,
+)
 from sandbox.images import reference
 from sandbox.rootless.channel import Channel
 from sandbox.rootless.idmap import IdMapping
@@ -44,6 +51,7 @@ from sandbox.rootless.idmap import IdMapping
 INDEX = "images.json"
 LOCK = "storage.lock"
 TMP_PREFIX = ".tmp-"
+LAYER_LOCK_PREFIX = ".lock-"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NOT_FOUND_HINT = "sandbox images lists local images; import one with 'sandbox image import'"
 
@@ -71,10 +79,50 @@ class Image:
     created: str  # RFC3339
     size: int
     config: dict[str, Any]  # the OCI image config's "config" object (Env, Cmd, ...)
+    digest: str | None = None  # the manifest's digest, for pulled and loaded images
+    repo_digests: tuple[str, ...] = ()  # "REPOSITORY@sha256:..." as pulled
+    blobs: tuple[str, ...] = ()  # layer blob digests ("sha256:..."), lowest first
 
     @property
     def short_id(self) -> str:
         return self.id[:12]
+
+
+class BlobWriter:
+    """Writes a blob to its downloads/ file, hashing as it goes (see ImageStore.blob_writer)."""
+
+    def __init__(self, fd: int, digest: str, path: Path):
+        self._fd = fd
+        self.digest = digest
+        self.path = path
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        self.size += len(data)
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ImageError(
+                    f"no space left on the device while writing blob {self.digest}",
+                    context=str(self.path.parent),
+                    hint="free some space (sandbox image prune removes unused images)",
+                ) from e
+            raise
+
+    def finish(self) -> None:
+        got = "sha256:" + self._hash.hexdigest()
+        if got != self.digest:
+            raise DigestError(
+                f"digest mismatch for blob {self.digest}",
+                context=f"expected {self.digest}, got {got} ({self.size} bytes)",
+                hint="the registry or archive holds corrupt data; nothing was stored",
+            )
+        os.fsync(self._fd)
 
 
 def userns_runner(
@@ -235,27 +283,43 @@ class ImageStore:
         return self._image(records[-1])
 
     def _unpack(self, fd: int, tmp: Path) -> dict[str, Any]:
+        return self._unpack_many([(fd, tmp)], whiteouts=False)[0]
+
+    def _unpack_many(
+        self, jobs: list[tuple[int, Path]], *, whiteouts: bool
+    ) -> list[dict[str, Any]]:
+        """Unpack each (tarball fd, layers/.tmp-* dir) in one user-namespace child (one fork
+        for all layers of an image). whiteouts: OCI whiteouts become overlay whiteouts."""
         from sandbox.images import unpack
 
         options = unpack.UnpackOptions(
-            chown=self._chown, mapping=self.mapping, ignore_unmapped=self.mapping.single
+            chown=self._chown,
+            mapping=self.mapping,
+            ignore_unmapped=self.mapping.single,
+            whiteouts=whiteouts,
         )
 
         def target(channel: Channel) -> int:
             # Runs as root of the user namespace: files get the archive's owners, mapped.
-            diff = tmp / "diff"
-            os.mkdir(diff, 0o755)
-            dest = os.open(diff, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                done = unpack.unpack_file(fd, dest, options)
-            finally:
-                os.close(dest)
+            done = []
+            for fd, tmp in jobs:
+                diff = tmp / "diff"
+                os.mkdir(diff, 0o755)
+                dest = os.open(diff, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    done.append(unpack.unpack_file(fd, dest, options))
+                finally:
+                    os.close(dest)
             # Everything on disk before the rename publishes the layer (os.sync: Python has
             # no syncfs; one call instead of an fsync per file).
             os.sync()
-            channel.send(
-                "result", diff_id=done.diff_id, size=done.size, report=done.report.to_json()
-            )
+            for result in done:
+                channel.send(
+                    "result",
+                    diff_id=result.diff_id,
+                    size=result.size,
+                    report=result.report.to_json(),
+                )
             return 0
 
         results: list[dict[str, Any]] = []
@@ -267,19 +331,22 @@ class ImageStore:
                 results.append(message)
 
         code = self._runner(self.mapping, target, on_message)
-        if not results:
+        if len(results) != len(jobs):
             raise LayerError(
                 "the unpacking process ended without a result", context=f"exit status {code}"
             )
-        report = unpack.UnpackReport.from_json(results[0]["report"])
-        for line in report.warnings():
-            self._warn(line)
-        if report.unmapped:
+        unmapped = 0
+        for result in results:
+            report = unpack.UnpackReport.from_json(result["report"])
+            for line in report.warnings():
+                self._warn(line)
+            unmapped += report.unmapped
+        if unmapped:
             self._warn(
-                f"{report.unmapped} files owned by unmapped ids now belong to root "
+                f"{unmapped} files owned by unmapped ids now belong to root "
                 f"(a single id mapping is in use: {self.mapping.single_reason})"
             )
-        return results[0]
+        return results
 
     def tag(self, name_or_id: str, new_name: str) -> Image:
         """Add new_name (normalised like an import's) to an image; it moves from any other."""
@@ -295,6 +362,258 @@ class ImageStore:
                     record["names"].append(stored)
             self._write_index(records)
         return self.lookup(image.id)
+
+    # -- blobs and registry images ------------------------------------------------------
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.root / "downloads"
+
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs_dir / _hex(digest)
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    @contextlib.contextmanager
+    def blob_writer(self, digest: str) -> Iterator[BlobWriter | None]:
+        """Write the blob named digest: yields None when it is already stored, else a writer
+        that hashes while writing. On a clean exit the content is verified (DigestError
+        names the blob, the expected and the actual digest), fsync'ed and renamed into place.
+
+        downloads/<hex> is flock'ed for the duration, so two processes pulling the same blob
+        download it once: the second waits and then finds it stored. What a killed writer
+        left there is truncated and written again (no lock is held on it any more)."""
+        hex_ = _hex(digest)
+        final = self.blobs_dir / hex_
+        self._ensure_dirs()
+        if final.is_file():
+            yield None
+            return
+        partial = self.downloads_dir / hex_
+        while True:
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(partial).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the previous holder renamed or removed it: open the new one
+        try:
+            if final.is_file():
+                yield None
+                return
+            os.ftruncate(fd, 0)
+            writer = BlobWriter(fd, digest, partial)
+            try:
+                yield writer
+                writer.finish()
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(partial)
+                raise
+            os.rename(partial, final)
+            _fsync_dir(self.blobs_dir)
+        finally:
+            os.close(fd)
+
+    def write_blob(self, data: bytes, digest: str | None = None) -> str:
+        """Store data as a blob (verified against digest when given); returns its digest."""
+        digest = digest or "sha256:" + hashlib.sha256(data).hexdigest()
+        with self.blob_writer(digest) as writer:
+            if writer is not None:
+                writer.write(data)
+        return digest
+
+    def discard_blobs(self, digests: list[str]) -> None:
+        """Delete blobs that no image in the index refers to (what a failed pull fetched)."""
+        self._ensure_dirs()
+        with self._locked():
+            used = self._blobs_in_use(self._read_index())
+            for digest in digests:
+                if digest not in used:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.blob_path(digest))
+
+    def add_image(
+        self,
+        *,
+        manifest: bytes,
+        manifest_type: str,
+        config: bytes,
+        layer_blobs: list[str],
+        names: list[str],
+        repo_digest: str | None = None,
+    ) -> Image:
+        """Add an image whose layer blobs are in the blob store (a pull or a load).
+
+        Each layer not yet in the store is unpacked once (OCI whiteouts honoured) and checked
+        against the config's diff_id; every new layer is renamed into place in the same
+        storage.lock hold that adds the image to the index (cleanup() never sees it unused).
+        layers/.lock-<hex> is held while a layer is unpacked and published, so a concurrent
+        pull of an image with the same layer waits and then uses ours. The image id is the
+        config's digest, as podman's; names move from any image that had them."""
+        from sandbox.images import manifest as manifests
+
+        config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+        manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+        try:
+            config_doc = json.loads(config)
+        except ValueError as e:
+            raise ImageError("the image config is not JSON", context=str(e)) from e
+        diff_ids = manifests.diff_ids(config_doc, f"image config {config_digest}")
+        if len(diff_ids) != len(layer_blobs):
+            raise ImageError(
+                f"image config {config_digest} lists {len(diff_ids)} layers, "
+                f"the manifest {len(layer_blobs)}"
+            )
+        self._ensure_dirs()
+        stored_names = [str(reference.normalize(n)) for n in names]
+        locks: list[int] = []
+        tmps: list[Path] = []
+        placed: set[Path] = set()
+        try:
+            # Sorted, so two pulls that share layers take their locks in the same order.
+            for diff_hex in sorted({_hex(d) for d in diff_ids}):
+                lock = os.open(
+                    self.layers_dir / f"{LAYER_LOCK_PREFIX}{diff_hex}",
+                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                    0o600,
+                )
+                locks.append(lock)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            with self._locked():
+                self._cleanup_tmp()
+                jobs: list[tuple[str, str, Path]] = []
+                seen: set[str] = set()
+                for diff_id, blob in zip(diff_ids, layer_blobs, strict=True):
+                    if self.layer_dir(diff_id).exists() or diff_id in seen:
+                        continue
+                    seen.add(diff_id)
+                    tmp, tmp_lock = self._new_tmp()
+                    locks.append(tmp_lock)
+                    tmps.append(tmp)
+                    jobs.append((diff_id, blob, tmp))
+            fds: list[int] = []
+            try:
+                for _, blob, _ in jobs:
+                    fds.append(os.open(self.blob_path(blob), os.O_RDONLY | os.O_CLOEXEC))
+                results = (
+                    self._unpack_many(
+                        [(fd, tmp) for fd, (_, _, tmp) in zip(fds, jobs, strict=True)],
+                        whiteouts=True,
+                    )
+                    if jobs
+                    else []
+                )
+            except FileNotFoundError as e:
+                raise ImageError(
+                    "a layer blob vanished before it was unpacked",
+                    context=str(e.filename),
+                    hint="pull the image again",
+                ) from e
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            sizes: dict[str, int] = {}
+            for (diff_id, blob, tmp), result in zip(jobs, results, strict=True):
+                if result["diff_id"] != diff_id:
+                    raise DigestError(
+                        f"layer {blob} does not unpack to the layer the config names",
+                        context=f"expected diff_id {diff_id}, got {result['diff_id']}",
+                        hint="the image is corrupt or was tampered with",
+                    )
+                sizes[diff_id] = int(result["size"])
+                _write_json(
+                    tmp / "layer.json",
+                    {"diff_id": diff_id, "size": sizes[diff_id], "created": now_rfc3339()},
+                )
+            with self._locked():
+                for diff_id, _, tmp in jobs:
+                    os.rename(tmp, self.layer_dir(diff_id))
+                    placed.add(tmp)
+                if jobs:
+                    _fsync_dir(self.layers_dir)
+                for diff_id in diff_ids:
+                    if not self.layer_dir(diff_id).is_dir():
+                        raise ImageError(
+                            f"layer {diff_id} was removed while the image was being added",
+                            hint="pull or load the image again",
+                        )
+                for blob in layer_blobs:
+                    if not self.has_blob(blob):
+                        raise ImageError(
+                            f"blob {blob} was removed while the image was being added",
+                            hint="pull or load the image again",
+                        )
+                image_id = _hex(config_digest)
+                _write_atomic(self.blobs_dir / image_id, config)
+                if manifest_digest != config_digest:
+                    _write_atomic(self.blob_path(manifest_digest), manifest)
+                records = self._read_index()
+                old = next((r for r in records if r["id"] == image_id), None)
+                kept_names = list(old["names"]) if old else []
+                repo_digests = list(old.get("repo_digests", [])) if old else []
+                if repo_digest and repo_digest not in repo_digests:
+                    repo_digests.append(repo_digest)
+                for record in records:
+                    for name in stored_names:
+                        if name in record["names"] and record["id"] != image_id:
+                            record["names"].remove(name)
+                for name in stored_names:
+                    if name not in kept_names:
+                        kept_names.append(name)
+                records = [r for r in records if r["id"] != image_id]
+                size = sum(sizes.get(d) or _layer_size(self.layer_dir(d)) for d in diff_ids)
+                records.append(
+                    {
+                        "id": image_id,
+                        "names": kept_names,
+                        "layers": diff_ids,
+                        "created": str(config_doc.get("created") or now_rfc3339()),
+                        "size": size,
+                        "digest": manifest_digest,
+                        "manifest_type": manifest_type,
+                        "repo_digests": repo_digests,
+                        "blobs": list(layer_blobs),
+                    }
+                )
+                self._write_index(records)
+        except BaseException:
+            leftovers = [t for t in tmps if t not in placed]
+            if leftovers:
+                self._discard_quietly(leftovers)
+            raise
+        finally:
+            for lock in locks:
+                os.close(lock)
+        return self._image(records[-1])
+
+    def manifest_bytes(self, image: Image) -> tuple[bytes, str]:
+        """The stored manifest of a pulled or loaded image and its media type."""
+        if image.digest is None:
+            raise ImageError(
+                f"image {image.short_id} has no manifest (it was imported from a rootfs tarball)",
+                hint="save and push work on pulled or loaded images",
+            )
+        record = next(r for r in self._read_index() if r["id"] == image.id)
+        try:
+            return self.blob_path(image.digest).read_bytes(), str(record.get("manifest_type"))
+        except OSError as e:
+            raise ImageError(
+                f"the manifest of image {image.short_id} is missing", context=str(e)
+            ) from e
+
+    def _blobs_in_use(self, records: list[dict[str, Any]]) -> set[str]:
+        used: set[str] = set()
+        for record in records:
+            used.add("sha256:" + record["id"])
+            if record.get("digest"):
+                used.add(record["digest"])
+            used.update(record.get("blobs", ()))
+        return used
 
     # -- removal ----------------------------------------------------------------------------
 
@@ -323,8 +642,11 @@ class ImageStore:
             records.remove(record)
             # Index first: from here on no image refers to the layers we are about to remove.
             self._write_index(records)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.blobs_dir / image.id)
+            used_blobs = self._blobs_in_use(records)
+            for blob in ["sha256:" + image.id, record.get("digest"), *record.get("blobs", [])]:
+                if blob and blob not in used_blobs:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.blob_path(blob))
             in_use = {diff_id for r in records for diff_id in r["layers"]}
             doomed = []
             for diff_id in image.layers:
@@ -350,7 +672,7 @@ class ImageStore:
             in_use = {_hex(d) for r in self._read_index() for d in r["layers"]}
             orphans = []
             for entry in os.scandir(self.layers_dir):
-                if entry.name.startswith(TMP_PREFIX) or entry.name in in_use:
+                if entry.name.startswith((TMP_PREFIX, LAYER_LOCK_PREFIX)) or entry.name in in_use:
                     continue
                 tmp = self.layers_dir / (TMP_PREFIX + secrets.token_hex(8))
                 os.rename(entry.path, tmp)
@@ -365,6 +687,7 @@ class ImageStore:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.blobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.layers_dir.mkdir(mode=0o700, exist_ok=True)
+            self.downloads_dir.mkdir(mode=0o700, exist_ok=True)
         except OSError as e:
             raise ImageError(
                 f"cannot create the image store {self.root}",
@@ -487,6 +810,9 @@ class ImageStore:
             created=record["created"],
             size=int(record["size"]),
             config=image_config,
+            digest=record.get("digest"),
+            repo_digests=tuple(record.get("repo_digests", ())),
+            blobs=tuple(record.get("blobs", ())),
         )
 
 
@@ -591,6 +917,13 @@ def _image_config(diff_id: str, created: str, comment: str) -> dict[str, Any]:
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created": created, "created_by": "sandbox image import", "comment": comment}],
     }
+
+
+def _layer_size(layer: Path) -> int:
+    try:
+        return int(json.loads((layer / "layer.json").read_bytes())["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def _canonical(value: Any) -> bytes:

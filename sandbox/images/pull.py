@@ -1,0 +1,335 @@
+"""Pulling images from registries: resolve the name, fetch manifest, config and layers, store.
+
+The order is the single-thread rule's: blobs download in a thread pool (one connection per
+thread, each blob verified against its digest while streaming, see ImageStore.blob_writer);
+the pool is joined and the progress display stopped; only then does the store unpack layers,
+which forks into a user namespace. ensure_image() is the entry point of `sandbox run`: it
+looks in the store first and pulls according to the --pull policy.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import sys
+import threading
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sandbox.errors import AuthError, DigestError, ImageError, ImageNotFound, RegistryError
+from sandbox.images import manifest as manifests
+from sandbox.images import reference
+
+if TYPE_CHECKING:
+    from sandbox.config import Settings
+    from sandbox.images.registries import Endpoint, RegistriesConfig
+    from sandbox.images.registry import Client
+    from sandbox.images.store import Image, ImageStore
+    from sandbox.rootless.idmap import IdMapping
+
+POLICIES = ("always", "missing", "never", "newer")
+MAX_PARALLEL = 4
+MAX_CONFIG = 8 << 20
+
+
+class Progress(Protocol):
+    def message(self, text: str) -> None: ...
+    def start(self, digest: str, size: int) -> None: ...
+    def advance(self, digest: str, amount: int) -> None: ...
+    def finish(self, digest: str, skipped: bool = False) -> None: ...
+    def close(self) -> None: ...
+
+
+class QuietProgress:
+    def message(self, text: str) -> None:
+        pass
+
+    def start(self, digest: str, size: int) -> None:
+        pass
+
+    def advance(self, digest: str, amount: int) -> None:
+        pass
+
+    def finish(self, digest: str, skipped: bool = False) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class LineProgress(QuietProgress):
+    """One line per event on stderr, for logs and pipes (as podman without a terminal)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def _print(self, text: str) -> None:
+        with self._lock:
+            print(text, file=sys.stderr, flush=True)
+
+    def message(self, text: str) -> None:
+        self._print(text)
+
+    def start(self, digest: str, size: int) -> None:
+        self._print(f"Copying blob {digest[7:19]} ({size} bytes)")
+
+    def finish(self, digest: str, skipped: bool = False) -> None:
+        self._print(
+            f"Copying blob {digest[7:19]} {'skipped: already exists' if skipped else 'done'}"
+        )
+
+
+class RichProgress(QuietProgress):
+    """A bar per layer on a terminal. rich's refresh thread stops in close()."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._tasks: dict[str, Any] = {}
+        self._progress.start()
+
+    def message(self, text: str) -> None:
+        self._progress.console.print(text)
+
+    def start(self, digest: str, size: int) -> None:
+        self._tasks[digest] = self._progress.add_task(f"blob {digest[7:19]}", total=size)
+
+    def advance(self, digest: str, amount: int) -> None:
+        self._progress.advance(self._tasks[digest], amount)
+
+    def finish(self, digest: str, skipped: bool = False) -> None:
+        if skipped:
+            self._progress.console.print(f"Copying blob {digest[7:19]} skipped: already exists")
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def make_progress(mode: str) -> Progress:
+    """mode: quiet, lines, bars, or auto (bars on a terminal, lines otherwise)."""
+    if mode == "quiet":
+        return QuietProgress()
+    if mode == "bars" or (mode == "auto" and sys.stderr.isatty()):
+        return RichProgress()
+    return LineProgress()
+
+
+def ensure_image(
+    settings: Settings,
+    mapping: IdMapping,
+    name: str,
+    *,
+    policy: str = "missing",
+    tls_verify: bool | None = None,
+    platform: str | None = None,
+    progress: str = "auto",
+) -> Image:
+    """The image `sandbox run` uses: from the store, pulled first when policy says so."""
+    from sandbox.images.store import ImageStore
+
+    store = ImageStore(settings.storage_root, mapping)
+    if policy not in POLICIES:
+        raise ImageError(
+            f"invalid pull policy {policy!r}", hint=f"use one of {', '.join(POLICIES)}"
+        )
+    if policy in ("missing", "never"):
+        try:
+            return store.lookup(name)
+        except ImageNotFound:
+            if policy == "never":
+                raise
+    try:
+        return pull(store, name, tls_verify=tls_verify, platform=platform, progress=progress)
+    except (RegistryError, ImageNotFound):
+        if policy == "newer":
+            try:
+                return store.lookup(name)
+            except ImageNotFound:
+                pass
+        raise
+
+
+def pull(
+    store: ImageStore,
+    name: str,
+    *,
+    tls_verify: bool | None = None,
+    platform: str | None = None,
+    progress: str = "auto",
+    registries: RegistriesConfig | None = None,
+) -> Image:
+    """Pull name (short names through aliases and search registries, mirrors first)."""
+    from sandbox.images import registries as registries_config
+
+    config = registries if registries is not None else registries_config.load()
+    want = manifests.parse_platform(platform) if platform else manifests.host()
+    candidates = config.resolve(name)
+    tried: list[str] = []
+    auth_errors: list[AuthError] = []
+    for ref in candidates:
+        for endpoint in config.endpoints(ref, tls_verify=tls_verify):
+            try:
+                return _pull_from(store, ref, endpoint, want, progress)
+            except AuthError as e:
+                auth_errors.append(e)
+                tried.append(f"{endpoint} (access denied)")
+            except ImageNotFound:
+                tried.append(f"{endpoint} (not found)")
+            except RegistryError as e:
+                tried.append(f"{endpoint} ({e})")
+    if auth_errors and len(auth_errors) == len(tried):
+        raise auth_errors[0]
+    raise ImageNotFound(
+        f"image {name!r} not found in any registry",
+        context=f"tried {'; '.join(tried)}",
+        hint="check the name and tag; short names resolve through "
+        f"{registries_config.config_file()} (aliases, unqualified-search-registries)",
+    )
+
+
+def _pull_from(
+    store: ImageStore,
+    ref: reference.Reference,
+    endpoint: Endpoint,
+    want: manifests.Platform,
+    progress_mode: str,
+) -> Image:
+    from sandbox.images.registry import Client
+
+    client = Client(endpoint)
+    wanted = ref.digest or ref.tag or reference.DEFAULT_TAG
+    body, doc, media_type = _fetch_manifest(client, wanted, f"image {ref}")
+    manifest_digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    if ref.digest and manifest_digest != ref.digest:
+        raise DigestError(
+            f"digest mismatch for the manifest of {ref}",
+            context=f"expected {ref.digest}, got {manifest_digest}",
+        )
+    top_digest = manifest_digest
+    if media_type in manifests.INDEXES:
+        chosen = manifests.select(doc, want, f"image {ref}")
+        body, doc, media_type = _fetch_manifest(client, chosen.digest, f"image {ref}")
+        manifest_digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        if manifest_digest != chosen.digest:
+            raise DigestError(
+                f"digest mismatch for the {chosen.platform} manifest of {ref}",
+                context=f"expected {chosen.digest}, got {manifest_digest}",
+            )
+    image_manifest = manifests.parse_manifest(doc, media_type, f"image {ref}")
+    progress = make_progress(progress_mode)
+    fetched: list[str] = []
+    try:
+        progress.message(f"Trying to pull {ref}...")
+        config = _fetch_small_blob(client, image_manifest.config)
+        layers = image_manifest.layers
+        try:
+            # Threads: the single-thread rule holds again once this block has joined them.
+            with concurrent.futures.ThreadPoolExecutor(
+                max_workers=max(1, min(MAX_PARALLEL, len(layers)))
+            ) as pool:
+                futures = [
+                    pool.submit(_fetch_blob, store, client, layer, progress, fetched)
+                    for layer in layers
+                ]
+                try:
+                    for future in concurrent.futures.as_completed(futures):
+                        future.result()
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+        finally:
+            progress.close()
+        if progress_mode != "quiet":
+            print(f"Copying config {image_manifest.config.digest[7:19]} done", file=sys.stderr)
+            print("Writing manifest to image destination", file=sys.stderr)
+        stored_ref = reference.Reference(
+            ref.domain, ref.path, ref.tag if not ref.digest else None, None
+        )
+        names = [str(stored_ref)] if stored_ref.tag else []
+        return store.add_image(
+            manifest=body,
+            manifest_type=media_type,
+            config=config,
+            layer_blobs=[layer.digest for layer in layers],
+            names=names,
+            repo_digest=f"{ref.repository}@{top_digest}",
+        )
+    except BaseException:
+        if fetched:
+            store.discard_blobs(fetched)
+        raise
+
+
+def _fetch_manifest(client: Client, wanted: str, what: str) -> tuple[bytes, Any, str]:
+    response = client.request(
+        "GET",
+        client.url("manifests", wanted),
+        headers={"Accept": manifests.ACCEPT},
+        not_found=what,
+    )
+    try:
+        body, doc = response.read_json(f"the manifest of {what}")
+        media_type = manifests.media_type_of(doc, response.headers.get("Content-Type"))
+    finally:
+        response.close()
+    return body, doc, media_type
+
+
+def _fetch_small_blob(client: Client, descriptor: manifests.Descriptor) -> bytes:
+    if descriptor.size > MAX_CONFIG:
+        raise ImageError(f"the image config {descriptor.digest} is implausibly large")
+    response = client.request("GET", client.url("blobs", descriptor.digest), not_found="config")
+    try:
+        data = response.read_limited(MAX_CONFIG, "the image config")
+    finally:
+        response.close()
+    got = "sha256:" + hashlib.sha256(data).hexdigest()
+    if got != descriptor.digest:
+        raise DigestError(
+            f"digest mismatch for blob {descriptor.digest} (the image config)",
+            context=f"expected {descriptor.digest}, got {got}",
+        )
+    return data
+
+
+def _fetch_blob(
+    store: ImageStore,
+    client: Client,
+    layer: manifests.Descriptor,
+    progress: Progress,
+    fetched: list[str],
+) -> None:
+    with store.blob_writer(layer.digest) as writer:
+        if writer is None:
+            progress.finish(layer.digest, skipped=True)
+            return
+        progress.start(layer.digest, layer.size)
+        response = client.request(
+            "GET", client.url("blobs", layer.digest), not_found=f"blob {layer.digest}"
+        )
+        try:
+            for chunk in response.chunks():
+                writer.write(chunk)
+                progress.advance(layer.digest, len(chunk))
+                if writer.size > layer.size:
+                    break  # longer than the manifest says: fails the digest check below
+        finally:
+            response.close()
+        if writer.size != layer.size:
+            raise DigestError(
+                f"blob {layer.digest} has the wrong size",
+                context=f"expected {layer.size} bytes, got {writer.size}",
+            )
+    fetched.append(layer.digest)
+
+
+def progress_mode(quiet: bool) -> str:
+    return "quiet" if quiet else "auto"
