@@ -29,7 +29,7 @@ debian_tarball=${SANDBOX_TEST_DEBIAN_TARBALL:-$cache_dir/debian-bookworm.tar}
 stage=/var/tmp/sandbox-ci
 apt_packages=(uidmap slirp4netns passt fuse-overlayfs busybox-static debootstrap docker-registry
               skopeo umoci podman runc bubblewrap libseccomp2 python3-venv zstd xz-utils iperf3
-              hyperfine git qemu-system-x86 qemu-utils)
+              hyperfine git qemu-system-x86 qemu-utils gcc libc6-dev)
 
 step() { echo "==> $*"; }
 warn() { echo "warning: $*" >&2; }
