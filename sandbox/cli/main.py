@@ -27,7 +27,7 @@ app = typer.Typer(
     help="Run rootless containers: no root, no daemon.",
     context_settings=CONTEXT,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
@@ -51,10 +51,30 @@ def _global(
         is_eager=True,
         help="Print the version and exit.",
     ),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for internal errors."),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show tracebacks for internal errors (and --log-level debug)."
+    ),
+    log_level: str = typer.Option(
+        "warning", "--log-level", help="debug, info, warning or error: what to log to stderr."
+    ),
 ) -> None:
     global _debug
     _debug = debug or bool(os.environ.get("SANDBOX_DEBUG"))
+    levels = ("debug", "info", "warning", "error")
+    if log_level not in levels:
+        from sandbox.errors import UsageError
+
+        raise UsageError(
+            f"invalid --log-level {log_level!r}", hint=f"use one of: {', '.join(levels)}"
+        )
+    if _debug or log_level != "warning":
+        # logging is imported only when asked for: start-up time is measured.
+        import logging
+
+        logging.basicConfig(
+            level=logging.DEBUG if _debug else getattr(logging, log_level.upper()),
+            format="sandbox: %(levelname)s: %(name)s: %(message)s",
+        )
 
 
 def _register() -> None:
