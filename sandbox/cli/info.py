@@ -37,7 +37,7 @@ def _version(program: str) -> dict[str, str | None]:
         lines = [line.strip() for line in (done.stdout or done.stderr).splitlines() if line]
         # fuse-overlayfs prints fusermount's version first: prefer the line naming the program.
         named = [line for line in lines if program in line]
-        version = (named or lines or [None])[0]
+        version = named[0] if named else (lines[0] if lines else None)
     except (OSError, subprocess.SubprocessError):
         version = None
     return {"path": path, "version": version}

@@ -39,3 +39,14 @@ def test_info_yaml_and_bad_format(fresh_sandbox_env: SandboxEnv) -> None:
     assert set(doc) >= {"host", "user", "store", "cgroups", "network", "registries"}
     bad = fresh_sandbox_env.run("info", "--format", "toml")
     assert bad.returncode == 125 and "Hint:" in bad.stderr
+
+
+def test_global_options(fresh_sandbox_env: SandboxEnv) -> None:
+    version = fresh_sandbox_env.run("--version", check=True)
+    assert version.stdout.startswith("sandbox version ")
+    bad = fresh_sandbox_env.run("--log-level", "loud", "ps")
+    assert bad.returncode == 125
+    assert "Hint: use one of: debug, info, warning, error" in bad.stderr
+    assert fresh_sandbox_env.run("--log-level", "debug", "ps", check=True).returncode == 0
+    completion = fresh_sandbox_env.run("--show-completion", "bash", check=True)
+    assert "_sandbox_completion" in completion.stdout
