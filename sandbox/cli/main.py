@@ -78,9 +78,9 @@ def _global(
 
 
 def _register() -> None:
-    from sandbox.cli import containers, images, run, unshare
+    from sandbox.cli import containers, images, network, run, unshare
 
-    for module in (run, images, containers, unshare):
+    for module in (run, images, containers, unshare, network):
         module.register(app)
     from sandbox.cli import config_cmd, doctor, info, inspect
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from sandbox import spec as specs
-from sandbox.config import Settings
+from sandbox.config import Settings, runtime_root
 from sandbox.errors import (
     ContainerError,
     ExitCode,
@@ -30,7 +30,7 @@ from sandbox.errors import (
 from sandbox.rootless import idmap, syscalls, userns
 from sandbox.rootless.channel import Channel, ChannelClosed
 from sandbox.rootless.idmap import IdMapping
-from sandbox.runtime import init, state, tty
+from sandbox.runtime import init, network, state, tty
 from sandbox.runtime.state import Container, ContainerStore
 
 Warn = Callable[[str], None]
@@ -157,34 +157,11 @@ def _prepare_dirs(spec: specs.ContainerSpec) -> None:
     etc.mkdir(mode=0o755)
     files = {
         "hostname": f"{spec.hostname}\n",
-        "hosts": (
-            "127.0.0.1\tlocalhost localhost.localdomain\n"
-            "::1\tlocalhost ip6-localhost ip6-loopback\n"
-            f"127.0.1.1\t{spec.hostname} {spec.name}\n"
-        ),
-        "resolv.conf": _resolv_conf(),
+        "hosts": network.hosts_file(spec.network, spec.hostname, spec.name),
+        "resolv.conf": network.resolv_conf(spec.network),
     }
     for name, text in files.items():
         (etc / name).write_text(text)
-
-
-def _resolv_conf() -> str:
-    """The host's resolvers, less loopback ones (unreachable from a new network namespace)."""
-    try:
-        lines = Path("/etc/resolv.conf").read_text().splitlines()
-    except OSError:
-        lines = []
-    kept = []
-    for line in lines:
-        words = line.split()
-        if (
-            words[:1] == ["nameserver"]
-            and len(words) > 1
-            and (words[1].startswith("127.") or words[1] == "::1")
-        ):
-            continue
-        kept.append(line)
-    return "\n".join(kept) + "\n"
 
 
 class _SignalForwarder:
@@ -233,9 +210,12 @@ def _start_and_wait(spec: specs.ContainerSpec, store: ContainerStore, record: Co
     # PID 1 is a grandchild: as a subreaper we inherit it when the intermediate exits, so
     # we can wait for it and read its real exit status.
     syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+    # A published port in use fails now, before any process exists.
+    network.check_ports_free(spec.network.ports)
     forwarder = _SignalForwarder()
     pid1: int | None = None
     master: int | None = None
+    helper: network.Helper | None = None
     with forwarder.installed():
         try:
             intermediate, channel = userns.spawn(
@@ -257,6 +237,10 @@ def _start_and_wait(spec: specs.ContainerSpec, store: ContainerStore, record: Co
                 if spec.process.terminal:
                     master = _receive_pty(channel, forwarder)
                 channel.expect("ready")
+                # Step 9: PID 1's namespaces exist and it waits; the helper joins them.
+                helper = network.start(spec.network, pid1, store.dir(spec.id), runtime_root())
+                if spec.network.ports:
+                    record = store.update(record, ports=tuple(map(str, spec.network.ports)))
                 channel.send("start")
                 _wait_for_exec(channel)
             finally:
@@ -266,6 +250,8 @@ def _start_and_wait(spec: specs.ContainerSpec, store: ContainerStore, record: Co
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid1, signal.SIGKILL)
                 _wait(pid1)
+            if helper is not None:
+                helper.stop()
             if master is not None:
                 os.close(master)
             code = error.exit_code if isinstance(error, SandboxError) else ExitCode.ENGINE
@@ -278,6 +264,8 @@ def _start_and_wait(spec: specs.ContainerSpec, store: ContainerStore, record: Co
                 tty.relay(master, stdin=stdin)
             os.close(master)
         status = _wait(pid1)
+        if helper is not None:
+            helper.stop()
     code = exit_code_for_wait_status(status)
     store.update(record, status="exited", exit_code=code, finished_at=state.now())
     return code

@@ -1,0 +1,587 @@
+"""The container's network as the parent sees it: modes, published ports, DNS and hosts files,
+and the helper process (slirp4netns or pasta) that gives a network namespace its way out.
+
+Modes: "slirp4netns" (the default where it is installed: it needs no privilege and keeps the
+host's loopback closed unless asked), "pasta" (passt's namespace mode; faster at large MTU),
+"none" (loopback only) and "host" (no network namespace of its own).
+
+The helper runs outside the container, as the calling user, and joins the container's user and
+network namespaces by PID 1's host pid (step 9 of the protocol in runtime/init.py). slirp4netns
+gets a ready pipe (so a failed start is reported with its own log) and an exit pipe whose write
+end only `sandbox` holds: when sandbox exits, even by SIGKILL, the pipe closes and slirp4netns
+quits, so no helper outlives its container.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import ipaddress
+import json
+import os
+import select
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sandbox.errors import ContainerError, HostError, UsageError
+
+MODES = ("slirp4netns", "pasta", "none", "host")
+MTU = 65520
+SLIRP_GUEST = "10.0.2.100"
+SLIRP_DNS = "10.0.2.3"
+# pasta answers DNS queries sent to this address with the host's resolver (podman's choice).
+PASTA_DNS = "169.254.1.1"
+PORT_SYSCTL = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+HOST_RESOLV_CONF = Path("/etc/resolv.conf")
+# systemd-resolved's list of the real upstream servers behind its 127.0.0.53 stub.
+RESOLVED_UPSTREAMS = Path("/run/systemd/resolve/resolv.conf")
+START_TIMEOUT = 30.0
+_PACKAGES = {"slirp4netns": "slirp4netns", "pasta": "passt"}
+
+
+@dataclasses.dataclass(frozen=True)
+class PortMapping:
+    """One published port: host_ip:host_port on the host -> container_port in the container."""
+
+    host_ip: str
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+
+    def __str__(self) -> str:  # podman port's format
+        return f"{self.container_port}/{self.protocol} -> {self.host_ip}:{self.host_port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """Everything about a container's network, validated before any process exists."""
+
+    mode: str
+    allow_host_loopback: bool = False
+    ports: tuple[PortMapping, ...] = ()
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    extra_hosts: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def own_namespace(self) -> bool:
+        return self.mode != "host"
+
+    @property
+    def helper(self) -> str | None:
+        return self.mode if self.mode in ("slirp4netns", "pasta") else None
+
+
+# A container with only its loopback: what a spec loaded from an older record means.
+NO_NETWORK = NetworkConfig("none")
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing and validation (pure, or reading the host's sysctl/resolv.conf)
+
+
+def default_mode() -> str:
+    """slirp4netns where installed (no privilege, host loopback closed), else pasta, else none."""
+    for mode in ("slirp4netns", "pasta"):
+        if shutil.which(mode):
+            return mode
+    return "none"
+
+
+def parse_network(text: str | None) -> tuple[str, bool]:
+    """--network MODE[:OPTION=VALUE,...] -> (mode, allow_host_loopback)."""
+    if text is None:
+        return default_mode(), False
+    mode, _, raw_options = text.partition(":")
+    if mode not in MODES:
+        raise UsageError(
+            f"invalid --network {text!r}",
+            hint=f"use one of: {', '.join(MODES)} (slirp4netns:allow_host_loopback=true "
+            "opens 10.0.2.2 to the host's 127.0.0.1)",
+        )
+    allow = False
+    for option in filter(None, raw_options.split(",")):
+        key, _, value = option.partition("=")
+        if mode == "slirp4netns" and key == "allow_host_loopback" and value in ("true", "false"):
+            allow = value == "true"
+        else:
+            raise UsageError(
+                f"invalid --network option {option!r} for {mode}",
+                hint="supported: slirp4netns:allow_host_loopback=true|false",
+            )
+    return mode, allow
+
+
+def _port_range(text: str, what: str, spec: str) -> tuple[int, int]:
+    first, dash, last = text.partition("-")
+    try:
+        low = int(first)
+        high = int(last) if dash else low
+    except ValueError:
+        raise UsageError(f"invalid {what} {text!r} in -p {spec}") from None
+    if not (1 <= low <= high <= 65535):
+        raise UsageError(f"invalid {what} {text!r} in -p {spec}", hint="ports are 1-65535")
+    return low, high
+
+
+def parse_publish(spec: str) -> list[PortMapping]:
+    """-p [IP:][HOSTPORT:]CONTAINERPORT[/tcp|/udp], ranges as LOW-HIGH on either side."""
+    body, _, protocol = spec.partition("/")
+    protocol = protocol or "tcp"
+    if protocol not in ("tcp", "udp"):
+        raise UsageError(f"invalid protocol {protocol!r} in -p {spec}", hint="use /tcp or /udp")
+    if body.startswith("["):  # [IPv6]:HOST:CONTAINER
+        address, close, rest = body[1:].partition("]")
+        if not close or not rest.startswith(":"):
+            raise UsageError(f"invalid -p {spec}", hint="use [IP:][HOSTPORT:]CONTAINERPORT")
+        parts = [address, *rest[1:].split(":")]
+    else:
+        parts = body.split(":")
+    if len(parts) == 1:
+        host_ip, host_text, container_text = "", "", parts[0]
+    elif len(parts) == 2:
+        host_ip, host_text, container_text = "", parts[0], parts[1]
+    elif len(parts) == 3:
+        host_ip, host_text, container_text = parts
+    else:
+        raise UsageError(f"invalid -p {spec}", hint="use [IP:][HOSTPORT:]CONTAINERPORT[/udp]")
+    if host_ip:
+        try:
+            ipaddress.ip_address(host_ip)
+        except ValueError:
+            raise UsageError(f"invalid host address {host_ip!r} in -p {spec}") from None
+    low, high = _port_range(container_text, "container port", spec)
+    if host_text:
+        host_low, host_high = _port_range(host_text, "host port", spec)
+    else:
+        host_low, host_high = low, high  # podman picks a random port; we keep the same one
+    if host_high - host_low != high - low:
+        raise UsageError(
+            f"invalid -p {spec}: the host and container ranges differ in size",
+            hint="give ranges of the same length, e.g. -p 8000-8002:80-82",
+        )
+    return [
+        PortMapping(host_ip or "0.0.0.0", host_low + i, low + i, protocol)
+        for i in range(high - low + 1)
+    ]
+
+
+def unprivileged_port_start(path: Path = PORT_SYSCTL) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 1024
+
+
+def parse_add_host(text: str) -> tuple[str, str]:
+    name, sep, address = text.partition(":")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        address = ""
+    if not sep or not name or not address:
+        raise UsageError(f"invalid --add-host {text!r}", hint="use NAME:IP, e.g. db:10.0.2.2")
+    return name, address
+
+
+def build(
+    network: str | None,
+    publish: Sequence[str] = (),
+    dns: Sequence[str] = (),
+    dns_search: Sequence[str] = (),
+    add_host: Sequence[str] = (),
+) -> NetworkConfig:
+    """Validate the network options together; nothing is started or bound here."""
+    mode, allow = parse_network(network)
+    ports: list[PortMapping] = []
+    for spec in publish:
+        ports += parse_publish(spec)
+    if ports and mode in ("none", "host"):
+        raise UsageError(
+            f"-p has no effect with --network {mode}",
+            hint="publish ports with --network slirp4netns or pasta",
+        )
+    seen: set[tuple[str, int, str]] = set()
+    lowest = unprivileged_port_start()
+    for port in ports:
+        key = (port.host_ip, port.host_port, port.protocol)
+        if key in seen:
+            raise UsageError(f"host port {port.host_port}/{port.protocol} is published twice")
+        seen.add(key)
+        if port.host_port < lowest:
+            raise UsageError(
+                f"cannot publish host port {port.host_port}: ports below {lowest} are "
+                "privileged (sysctl net.ipv4.ip_unprivileged_port_start)",
+                hint=f"use a host port >= {lowest} (-p {port.host_port + 8000}:"
+                f"{port.container_port}), or as root: sysctl -w "
+                f"net.ipv4.ip_unprivileged_port_start={port.host_port}",
+            )
+    for server in dns:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise UsageError(f"invalid --dns {server!r}", hint="give an IP address") from None
+    config = NetworkConfig(
+        mode=mode,
+        allow_host_loopback=allow,
+        ports=tuple(ports),
+        dns=tuple(dns),
+        dns_search=tuple(dns_search),
+        extra_hosts=tuple(parse_add_host(h) for h in add_host),
+    )
+    require_helper(config)
+    return config
+
+
+def require_helper(config: NetworkConfig) -> None:
+    """The helper program must be installed: say which package ships it (exit 125)."""
+    helper = config.helper
+    if helper is not None and shutil.which(helper) is None:
+        raise HostError(
+            f"--network {helper} needs {helper}, which is not on PATH",
+            hint=f"install it (apt install {_PACKAGES[helper]}), or use --network none",
+        )
+
+
+def check_ports_free(ports: Sequence[PortMapping]) -> None:
+    """Bind each host port once, now: a port in use fails before the container starts."""
+    for port in ports:
+        family = socket.AF_INET6 if ":" in port.host_ip else socket.AF_INET
+        kind = socket.SOCK_STREAM if port.protocol == "tcp" else socket.SOCK_DGRAM
+        with socket.socket(family, kind) as probe:
+            if kind == socket.SOCK_STREAM:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((port.host_ip, port.host_port))
+            except OSError as e:
+                hint = (
+                    "choose another host port, or stop what listens there"
+                    if e.errno == errno.EADDRINUSE
+                    else "check the address is one of this host's"
+                )
+                raise UsageError(
+                    f"cannot publish {port.host_ip}:{port.host_port}/{port.protocol}",
+                    context=e.strerror,
+                    hint=hint,
+                ) from e
+
+
+# ---------------------------------------------------------------------------------------------
+# /etc/resolv.conf and /etc/hosts for the container
+
+
+def _nameservers(text: str) -> tuple[list[str], list[str], list[str]]:
+    """(nameservers, search domains, option lines) of a resolv.conf text."""
+    servers: list[str] = []
+    search: list[str] = []
+    options: list[str] = []
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["nameserver"] and len(words) > 1:
+            servers.append(words[1])
+        elif words[:1] in (["search"], ["domain"]):
+            search += words[1:]
+        elif words[:1] == ["options"]:
+            options.append(line.strip())
+    return servers, search, options
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def resolv_conf(
+    config: NetworkConfig,
+    host: str | None = None,
+    upstreams: str | None = None,
+) -> str:
+    """The container's resolv.conf: our forwarder (or --dns), with the host's search domains.
+
+    A loopback resolver (systemd-resolved's 127.0.0.53) cannot be reached from another network
+    namespace, and slirp4netns refuses host loopback by default: there we name the upstream
+    servers systemd-resolved itself uses.
+    """
+    host = _read(HOST_RESOLV_CONF) if host is None else host
+    servers, search, options = _nameservers(host)
+    if config.mode == "host":
+        chosen = list(config.dns) or servers
+    elif config.dns:
+        chosen = list(config.dns)
+    elif config.mode == "pasta":
+        chosen = [PASTA_DNS]
+    else:
+        reachable = [s for s in servers if not _is_loopback(s)]
+        if servers and not reachable:
+            # Only a loopback stub (systemd-resolved): its upstream servers are reachable.
+            upstream = _read(RESOLVED_UPSTREAMS) if upstreams is None else upstreams
+            reachable = [s for s in _nameservers(upstream)[0] if not _is_loopback(s)]
+            # slirp4netns sends 10.0.2.3's queries from the host, so even the stub answers
+            # them; the upstreams follow as a fallback.
+            chosen = ([SLIRP_DNS] if config.mode == "slirp4netns" else []) + reachable
+        elif config.mode == "slirp4netns":
+            chosen = [SLIRP_DNS]  # slirp4netns forwards to the host's resolver
+        else:
+            chosen = reachable
+    search = list(config.dns_search) or search
+    if search == ["."]:
+        search = []
+    lines = []
+    if search:
+        lines.append("search " + " ".join(search))
+    lines += [f"nameserver {s}" for s in chosen]
+    lines += options
+    return "\n".join(lines) + "\n"
+
+
+def hosts_file(config: NetworkConfig, hostname: str, name: str, host: str | None = None) -> str:
+    """The container's /etc/hosts: localhost, its own names, --add-host entries."""
+    names = " ".join(dict.fromkeys((hostname, name)))
+    if config.mode == "host":
+        base = _read(Path("/etc/hosts")) if host is None else host
+        if base and not base.endswith("\n"):
+            base += "\n"
+        own = f"127.0.1.1\t{names}\n"
+    else:
+        base = (
+            "127.0.0.1\tlocalhost localhost.localdomain\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n"
+        )
+        address = SLIRP_GUEST if config.mode == "slirp4netns" else "127.0.1.1"
+        own = f"{address}\t{names}\n"
+    extra = "".join(f"{address}\t{n}\n" for n, address in config.extra_hosts)
+    return base + extra + own
+
+
+# ---------------------------------------------------------------------------------------------
+# the helper process
+
+
+class Helper:
+    """A running slirp4netns or pasta serving one container; stop() ends it."""
+
+    def __init__(self, name: str, process: subprocess.Popen[bytes] | None, pid: int | None):
+        self.name = name
+        self.process = process
+        self.pid = pid
+        self.exit_w: int | None = None
+        self.files: list[Path] = []
+
+    def stop(self) -> None:
+        if self.exit_w is not None:
+            os.close(self.exit_w)  # slirp4netns's --exit-fd: it quits on EOF
+            self.exit_w = None
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        elif self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, 15)
+        for path in self.files:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def start(config: NetworkConfig, pid: int, state_dir: Path, runtime_dir: Path) -> Helper | None:
+    """Step 9: give PID 1's network namespace its way out, and publish its ports."""
+    if config.helper == "slirp4netns":
+        return _start_slirp4netns(config, pid, state_dir, runtime_dir)
+    if config.helper == "pasta":
+        return _start_pasta(config, pid, state_dir)
+    return None
+
+
+def _program(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise HostError(
+            f"--network {name} needs {name}, which is not on PATH",
+            hint=f"install it (apt install {_PACKAGES[name]}), or use --network none",
+        )
+    return path
+
+
+def _api_socket_path(state_dir: Path, runtime_dir: Path) -> Path:
+    # sun_path holds 107 bytes; a deep XDG_DATA_HOME would not fit.
+    path = state_dir / "slirp4netns.sock"
+    if len(os.fsencode(path)) < 100:
+        return path
+    return runtime_dir / f"slirp-{state_dir.name[:16]}.sock"
+
+
+def _start_slirp4netns(
+    config: NetworkConfig, pid: int, state_dir: Path, runtime_dir: Path
+) -> Helper:
+    program = _program("slirp4netns")
+    api = _api_socket_path(state_dir, runtime_dir)
+    log_path = state_dir / "slirp4netns.log"
+    ready_r, ready_w = os.pipe()
+    exit_r, exit_w = os.pipe()
+    argv = [
+        program,
+        "--configure",
+        f"--mtu={MTU}",
+        "--enable-sandbox",
+        "--enable-seccomp",
+        f"--api-socket={api}",
+        f"--ready-fd={ready_w}",
+        f"--exit-fd={exit_r}",
+    ]
+    if not config.allow_host_loopback:
+        argv.append("--disable-host-loopback")
+    argv += [str(pid), "tap0"]
+    try:
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(ready_w, exit_r),
+                close_fds=True,
+            )
+    except OSError as e:
+        for fd in (ready_r, ready_w, exit_r, exit_w):
+            os.close(fd)
+        raise HostError(f"cannot start {program}", context=e.strerror) from e
+    os.close(ready_w)
+    os.close(exit_r)
+    helper = Helper("slirp4netns", process, process.pid)
+    helper.exit_w = exit_w
+    helper.files = [api]
+    try:
+        ready = _wait_readable(ready_r, START_TIMEOUT)
+        data = os.read(ready_r, 1) if ready else b""
+        if data != b"1":
+            _fail_start(helper, log_path, "timed out" if not ready else "exited before ready")
+        for port in config.ports:
+            _slirp_add_hostfwd(api, port)
+    except BaseException:
+        helper.stop()
+        raise
+    finally:
+        os.close(ready_r)
+    return helper
+
+
+def _wait_readable(fd: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            readable, _, _ = select.select([fd], [], [], left)
+        except InterruptedError:
+            continue
+        return bool(readable)
+
+
+def _fail_start(helper: Helper, log_path: Path, what: str) -> None:
+    if helper.process is not None and helper.process.poll() is None:
+        helper.process.kill()
+    if helper.process is not None:
+        helper.process.wait()
+    log = _read(log_path).strip().splitlines()
+    raise HostError(
+        f"{helper.name} failed to start the container's network ({what})",
+        context=" / ".join(log[-5:]) or "no output",
+        hint=f"see {log_path}; 'sandbox doctor' checks /dev/net/tun; "
+        f"apt install {_PACKAGES[helper.name]} (or --network none)",
+    )
+
+
+def _slirp_add_hostfwd(api: Path, port: PortMapping) -> None:
+    request = {
+        "execute": "add_hostfwd",
+        "arguments": {
+            "proto": port.protocol,
+            "host_addr": port.host_ip,
+            "host_port": port.host_port,
+            "guest_addr": SLIRP_GUEST,
+            "guest_port": port.container_port,
+        },
+    }
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(api))
+            sock.sendall(json.dumps(request).encode())
+            sock.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+                if len(reply) > 65536:
+                    break
+        answer = json.loads(reply or b"{}")
+    except (OSError, ValueError) as e:
+        raise ContainerError(f"cannot publish port {port}", context=str(e)) from e
+    if not isinstance(answer, dict) or "error" in answer or "return" not in answer:
+        detail = answer.get("error") if isinstance(answer, dict) else answer
+        raise ContainerError(
+            f"cannot publish port {port}",
+            context=f"slirp4netns: {str(detail)[:200]}",
+            hint="is the host port free and the address one of this host's?",
+        )
+
+
+def _start_pasta(config: NetworkConfig, pid: int, state_dir: Path) -> Helper:
+    program = _program("pasta")
+    pid_file = state_dir / "pasta.pid"
+    log_path = state_dir / "pasta.log"
+    argv = [program, "--config-net", "--quiet", "--mtu", str(MTU), "--no-map-gw"]
+    argv += ["--dns-forward", PASTA_DNS, "--pid", str(pid_file)]
+    tcp = [p for p in config.ports if p.protocol == "tcp"]
+    udp = [p for p in config.ports if p.protocol == "udp"]
+    for flag, ports in (("-t", tcp), ("-u", udp)):
+        if not ports:
+            argv += [flag, "none"]  # pasta's default "auto" would publish every listener
+        for p in ports:
+            address = "" if p.host_ip in ("0.0.0.0", "::") else f"{p.host_ip}/"
+            argv += [flag, f"{address}{p.host_port}:{p.container_port}"]
+    # The container reaches the host's loopback only through these; keep them closed.
+    argv += ["-T", "none", "-U", "none", str(pid)]
+    try:
+        with open(log_path, "wb") as log:
+            # pasta configures the namespace, then forks to the background and exits 0.
+            done = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=START_TIMEOUT,
+                check=False,
+            )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise HostError("cannot start pasta", context=str(e), hint=f"see {log_path}") from e
+    helper_pid = None
+    with contextlib.suppress(OSError, ValueError):
+        helper_pid = int(pid_file.read_text().strip())
+    helper = Helper("pasta", None, helper_pid)
+    helper.files = [pid_file]
+    if done.returncode != 0:
+        lines = _read(log_path).strip().splitlines()
+        helper.stop()
+        raise HostError(
+            f"pasta failed to start the container's network (exit {done.returncode})",
+            context=" / ".join(lines[-5:]) or "no output",
+            hint=f"see {log_path}; apt install passt (or --network none)",
+        )
+    return helper
