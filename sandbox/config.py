@@ -22,6 +22,8 @@ SYSTEM_CONFIG = Path("/etc/sandbox/config.yaml")
 
 STORAGE_DRIVERS = ("auto", "overlay", "vfs")
 USERNS_MODES = ("auto", "subids", "single")
+CGROUPS_MODES = ("enabled", "disabled")
+CGROUP_MANAGERS = ("auto", "systemd", "cgroupfs", "disabled")
 NETWORK_MODES = ("auto", "slirp4netns", "pasta", "host", "none")
 LOG_DRIVERS = ("k8s-file", "none")
 
@@ -34,6 +36,8 @@ class Settings:
     runtime_root: Path
     storage_driver: str = "auto"
     userns: str = "auto"
+    cgroups: str = "enabled"  # disabled: run without a cgroup; limits warn, not enforced
+    cgroup_manager: str = "auto"  # auto: systemd user manager, else a delegated cgroup
     default_hostname: str | None = None
     network_mode: str = "auto"  # auto: slirp4netns where installed, else pasta, else none
     default_capabilities: tuple[str, ...] | None = None  # None: podman's rootless default
@@ -56,6 +60,8 @@ class Settings:
 _KEYS: dict[str, tuple[type, tuple[str, ...] | None]] = {
     "storage_driver": (str, STORAGE_DRIVERS),
     "userns": (str, USERNS_MODES),
+    "cgroups": (str, CGROUPS_MODES),
+    "cgroup_manager": (str, CGROUP_MANAGERS),
     "data_root": (str, None),
     "default_hostname": (str, None),
     "network_mode": (str, NETWORK_MODES),

@@ -29,6 +29,7 @@ def _each(names: list[str], action: Callable[[str], object]) -> None:
 def register(app: typer.Typer) -> None:
     register_copy(app)
     register_diff(app)
+    register_attach(app)
     container_app = typer.Typer(help="Manage containers.", no_args_is_help=True)
     app.add_typer(container_app, name="container")
 
@@ -315,3 +316,21 @@ def register_diff(app: typer.Typer) -> None:
             return
         for kind, path in found:
             print(f"{kind} {path}")
+
+
+def register_attach(app: typer.Typer) -> None:
+    @app.command(
+        "attach",
+        help="Attach to a detached container's output and input.\n\n"
+        "With a terminal, Ctrl-P Ctrl-Q detaches and leaves it running.\n\n"
+        "Examples:\n\n  sandbox attach web\n\n  sandbox attach --no-stdin web",
+    )
+    def attach(
+        container: str = typer.Argument(..., help="Name or id."),
+        no_stdin: bool = typer.Option(False, "--no-stdin", help="Do not send our input."),
+    ) -> None:
+        from sandbox import config
+        from sandbox.runtime import attach as engine
+
+        code = engine.attach(config.load(), container, stdin=not no_stdin)
+        raise typer.Exit(0 if code is None else code)

@@ -78,14 +78,17 @@ def _global(
 
 
 def _register() -> None:
-    from sandbox.cli import containers, images, network, run, unshare
+    from sandbox.cli import containers, images, lifecycle, network, run, unshare
 
-    for module in (run, images, containers, unshare, network):
+    for module in (run, images, containers, lifecycle, unshare, network):
         module.register(app)
     from sandbox.cli import config_cmd, doctor, info, inspect
 
     for module in (inspect, doctor, info, config_cmd):
         module.register(app)
+    from sandbox.cli import stats
+
+    stats.register(app)
 
 
 def print_error(error: SandboxError) -> None:

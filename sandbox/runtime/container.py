@@ -27,7 +27,7 @@ from sandbox.errors import (
     UsageError,
     exit_code_for_wait_status,
 )
-from sandbox.rootless import idmap, syscalls, userns
+from sandbox.rootless import cgroups, idmap, syscalls, userns
 from sandbox.rootless.channel import Channel, ChannelClosed
 from sandbox.rootless.idmap import IdMapping
 from sandbox.runtime import init, network, state, tty
@@ -90,6 +90,7 @@ def create(
         )
         image_config, image_id = dict(image.config), image.id
         lowers = tuple(ImageStore(settings.storage_root, mapping).layer_paths(image))
+    manager, enforced = _cgroup_manager(settings, options, store, warn)
     container_id = store.new_id()
     name = options.name or store.unique_name()
     cdir = store.dir(container_id)
@@ -110,6 +111,7 @@ def create(
         root=root,
         mapping=mapping,
         etc_dir=cdir / "etc",
+        cgroup_mount=manager.name != "disabled",
     )
     record = store.create(
         Container(
@@ -121,6 +123,11 @@ def create(
             created=state.now(),
             remove=options.remove,
             rootfs_kind=root.kind,
+            cgroup_manager=manager.name,
+            limits=tuple(
+                {"option": x.option, "file": x.file, "value": x.value, "enforced": enforced}
+                for x in options.resources.limits()
+            ),
         ),
         generated_name=options.name is None,
     )
@@ -133,6 +140,26 @@ def create(
         remove_files(store, record, mapping)
         raise
     return spec, record
+
+
+def _cgroup_manager(
+    settings: Settings, options: specs.RunOptions, store: ContainerStore, warn: Warn
+) -> tuple[cgroups.Manager, bool]:
+    """The cgroup manager for a new container, and whether its limits will be enforced.
+
+    Limits that cannot be enforced fail here, before anything exists (unless cgroups are
+    disabled: then one warning). Cgroups that crashed runs left behind are removed here.
+    """
+    mode = options.cgroups or settings.cgroups
+    if mode not in cgroups.MODES:
+        raise UsageError(f"invalid --cgroups {mode!r}", hint="use enabled or disabled")
+    manager = cgroups.select(mode, settings.cgroup_manager)
+    enforced = cgroups.check(manager, options.resources, warn)
+    if manager.name != "disabled":
+        live = [c.id for c in store.list() if c.status == "running"]
+        with contextlib.suppress(SandboxError):
+            manager.cleanup(live)
+    return manager, enforced
 
 
 def run(settings: Settings, options: specs.RunOptions, *, warn: Warn = _stderr_warn) -> int:
@@ -206,7 +233,28 @@ class _SignalForwarder:
                 signal.signal(number, handler)  # type: ignore[arg-type]
 
 
-def _start_and_wait(spec: specs.ContainerSpec, store: ContainerStore, record: Container) -> int:
+# What to do with the container's output while it runs (given the pty master, if any); the
+# default relays the pty to the caller's terminal. The monitor of a detached container writes
+# logs instead.
+Pump = Callable[[specs.ContainerSpec, "int | None"], None]
+
+
+def relay_terminal(spec: specs.ContainerSpec, master: int | None) -> None:
+    if master is None:
+        return
+    stdin = 0 if spec.process.interactive else None
+    with tty.raw_mode(0) if stdin is not None else contextlib.nullcontext():
+        tty.relay(master, stdin=stdin)
+
+
+def _start_and_wait(
+    spec: specs.ContainerSpec,
+    store: ContainerStore,
+    record: Container,
+    *,
+    pump: Pump = relay_terminal,
+    on_started: Callable[[Container], None] | None = None,
+) -> int:
     # PID 1 is a grandchild: as a subreaper we inherit it when the intermediate exits, so
     # we can wait for it and read its real exit status.
     syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
@@ -222,9 +270,12 @@ def _start_and_wait(spec: specs.ContainerSpec, store: ContainerStore, record: Co
                 spec.mapping, lambda ch: init.intermediate(spec, ch)
             )
             try:
+                # Step 2b: into its cgroup before it can fork PID 1, so nothing escapes.
+                record, cgroup = _join_cgroup(spec, store, record, intermediate)
+                channel.send("cgroup")
                 message, _ = channel.expect("pid1")
                 pid1 = int(message["pid"])
-                _wait(intermediate)
+                wait_pid(intermediate)
                 record = store.update(
                     record,
                     status="running",
@@ -249,26 +300,59 @@ def _start_and_wait(spec: specs.ContainerSpec, store: ContainerStore, record: Co
             if pid1 is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid1, signal.SIGKILL)
-                _wait(pid1)
+                wait_pid(pid1)
             if helper is not None:
                 helper.stop()
             if master is not None:
                 os.close(master)
+            _release_cgroup(record)
             code = error.exit_code if isinstance(error, SandboxError) else ExitCode.ENGINE
             store.update(record, status="exited", exit_code=code, finished_at=state.now())
             raise
         forwarder.arm(pid1)
+        if on_started is not None:
+            on_started(record)
+        pump(spec, master)
         if master is not None:
-            stdin = 0 if spec.process.interactive else None
-            with tty.raw_mode(0) if stdin is not None else contextlib.nullcontext():
-                tty.relay(master, stdin=stdin)
             os.close(master)
-        status = _wait(pid1)
+        status = wait_pid(pid1)
         if helper is not None:
             helper.stop()
     code = exit_code_for_wait_status(status)
-    store.update(record, status="exited", exit_code=code, finished_at=state.now())
+    # Read before the cgroup is released: a systemd scope vanishes once it is empty.
+    oom = cgroup is not None and cgroups.oom_killed(cgroup)
+    _release_cgroup(record)
+    store.update(record, status="exited", exit_code=code, finished_at=state.now(), oom_killed=oom)
     return code
+
+
+def _join_cgroup(
+    spec: specs.ContainerSpec, store: ContainerStore, record: Container, intermediate: int
+) -> tuple[Container, Path | None]:
+    """Put the (waiting) intermediate into the container's cgroup, with the limits written."""
+    if record.cgroup_manager == "disabled":
+        return record, None
+    manager = cgroups.by_name(record.cgroup_manager)
+    try:
+        path = manager.enter(spec.id, intermediate, spec.resources)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(intermediate, signal.SIGKILL)
+        wait_pid(intermediate)
+        raise
+    _managers[spec.id] = manager
+    return store.update(record, cgroup_path=str(path)), path
+
+
+# The managers of the containers this process runs: the systemd one holds the scope open.
+_managers: dict[str, cgroups.Manager] = {}
+
+
+def _release_cgroup(record: Container) -> None:
+    manager = _managers.pop(record.id, None)
+    if manager is not None:
+        with contextlib.suppress(SandboxError):
+            manager.release(record.id)
 
 
 def _receive_pty(channel: Channel, forwarder: _SignalForwarder) -> int:
@@ -292,7 +376,7 @@ def _wait_for_exec(channel: Channel) -> None:
         return
 
 
-def _wait(pid: int) -> int:
+def wait_pid(pid: int) -> int:
     while True:
         try:
             _, status = os.waitpid(pid, 0)
@@ -306,13 +390,25 @@ def _wait(pid: int) -> int:
 def remove_files(store: ContainerStore, container: Container, mapping: IdMapping) -> None:
     """Delete a container's directory; its files belong to subordinate ids, so we delete them
     from inside a user namespace with the same mapping."""
+    if container.cgroup_manager != "disabled":
+        # The record may predate the cgroup's path; the manager finds it by the id. A cgroup
+        # still busy (a killed process not yet gone) is removed by the next command's cleanup.
+        with contextlib.suppress(SandboxError):
+            manager = cgroups.by_name(container.cgroup_manager, container.cgroup_path)
+            manager.remove(container.id)
     path = store.dir(container.id)
     store.forget(container)
     if not path.exists():
         return
 
     def rmtree(_channel: Channel) -> int:
-        shutil.rmtree(path)
+        def gone_already(_function: object, _path: str, info: object) -> None:
+            # A file its monitor removed meanwhile (the attach socket) is fine.
+            error = info[1] if isinstance(info, tuple) else info
+            if not isinstance(error, FileNotFoundError):
+                raise error  # type: ignore[misc]
+
+        shutil.rmtree(path, onerror=gone_already)
         return 0
 
     try:
@@ -333,8 +429,13 @@ def remove(
     container = store.lookup(name_or_id)
     store.check_removable(container, force)
     if container.status == "running" and state.is_alive(container):
+        (store.dir(container.id) / "stopped").touch()  # no restart by its policy
         with contextlib.suppress(ProcessLookupError):
             os.kill(container.pid, signal.SIGKILL)
+        # Let its monitor record the end and let go of its files before they are deleted.
+        from sandbox.runtime import lifecycle
+
+        lifecycle.wait_recorded(store, container, timeout=10)
     remove_files(store, container, mapping_for(settings, None, warn))
     return container
 

@@ -16,9 +16,11 @@ import json
 import os
 import select
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from sandbox import spec as specs
 from sandbox.errors import ContainerError, SandboxError
@@ -30,6 +32,7 @@ from sandbox.runtime.state import Container, ContainerStore
 LOG = "ctr.log"
 MONITOR_LOG = "monitor.log"
 STOPPED = "stopped"  # present when the user stopped the container: no restart
+ATTACH = "attach.sock"  # the monitor's socket for `sandbox attach`
 _CHUNK = 65536
 
 
@@ -105,6 +108,8 @@ def _monitor(
         | ({stdin_w} if stdin_w is not None else set())
     )
     writer = LogWriter(cdir / LOG)
+    relay = Relay(writer, _listen(cdir / ATTACH))
+    relay.input_fd = stdin_w
     kind, retries = specs.parse_restart(spec.restart)
     record = store.update(record, monitor_pid=os.getpid())
     reported = False
@@ -126,9 +131,10 @@ def _monitor(
             # With a terminal both streams are the pty; the pipes were never handed out.
             os.close(out_r)
             os.close(err_r)
-            _copy_to_log({master: "stdout"}, writer)
+            relay.input_fd = master
+            relay.run({master: "stdout"})
         else:
-            _copy_to_log({out_r: "stdout", err_r: "stderr"}, writer)
+            relay.run({out_r: "stdout", err_r: "stderr"})
             os.close(out_r)
             os.close(err_r)
 
@@ -151,7 +157,10 @@ def _monitor(
         # Fresh pipes for the next run: the old ones saw EOF.
         out_r, err_r = _repipe()
         time.sleep(min(0.1 * 2**attempts, 5))
+    relay.close_clients()
     writer.close()
+    with contextlib.suppress(OSError):
+        os.unlink(cdir / ATTACH)
     if record.remove:
         with contextlib.suppress(SandboxError):
             engine.remove_files(store, store.lookup(record.id), spec.mapping)
@@ -176,24 +185,145 @@ def _repipe() -> tuple[int, int]:  # pragma: no cover - runs in the monitor
     return out_r, err_r
 
 
-def _copy_to_log(streams: dict[int, str], writer: LogWriter) -> None:
-    """Until every stream hangs up: the container and everything it started have exited.
-    The caller closes the fds."""
-    open_fds = dict(streams)
-    while open_fds:
-        try:
-            readable, _, _ = select.select(list(open_fds), [], [])
-        except InterruptedError:
-            continue
-        for fd in readable:
+class Relay:
+    """The monitor's I/O loop: container output to the log and to attached clients, and
+    attached clients' input to the container's stdin (or its terminal).
+
+    Frames to a client: one byte for the stream (1 stdout, 2 stderr), four bytes of length
+    (big-endian), the data. What a client sends is raw input. A client that falls behind is
+    dropped rather than allowed to stall the container (its output is in the log anyway).
+    """
+
+    MAX_BEHIND = 4 * 1024 * 1024
+
+    def __init__(self, writer: LogWriter, listener: socket.socket | None):
+        self.writer = writer
+        self.listener = listener
+        self.clients: dict[socket.socket, bytearray] = {}
+        self.input_fd: int | None = None
+
+    def run(self, streams: dict[int, str]) -> None:
+        """Until every stream hangs up: the container and everything it started have exited.
+        The caller closes the stream fds."""
+        open_fds = dict(streams)
+        while open_fds:
+            readers: list[Any] = list(open_fds)
+            if self.listener is not None:
+                readers.append(self.listener)
+            readers += list(self.clients)
+            writers = [c for c, pending in self.clients.items() if pending]
             try:
-                data = os.read(fd, _CHUNK)
-            except OSError:  # EIO from a pty master when the last slave closes
-                data = b""
-            if data:
-                writer.write(open_fds[fd], data)
-            else:
-                writer.flush(open_fds.pop(fd))
+                readable, writable, _ = select.select(readers, writers, [])
+            except InterruptedError:
+                continue
+            for item in readable:
+                if item is self.listener:
+                    self._accept()
+                elif isinstance(item, socket.socket):
+                    self._client_input(item)
+                else:
+                    self._output(item, open_fds)
+            for client in writable:
+                self._flush(client)
+
+    def _output(self, fd: int, open_fds: dict[int, str]) -> None:
+        try:
+            data = os.read(fd, _CHUNK)
+        except OSError:  # EIO from a pty master when the last slave closes
+            data = b""
+        stream = open_fds[fd]
+        if not data:
+            self.writer.flush(open_fds.pop(fd))
+            return
+        self.writer.write(stream, data)
+        frame = (b"\x01" if stream == "stdout" else b"\x02") + len(data).to_bytes(4, "big")
+        for client, pending in list(self.clients.items()):
+            pending += frame + data
+            if len(pending) > self.MAX_BEHIND:
+                self._drop(client)
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            client, _ = self.listener.accept()
+        except OSError:
+            return
+        client.setblocking(False)
+        self.clients[client] = bytearray()
+
+    def _client_input(self, client: socket.socket) -> None:
+        try:
+            data = client.recv(_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(client)
+            return
+        if self.input_fd is not None:
+            with contextlib.suppress(OSError):
+                _write_all(self.input_fd, data)
+
+    def _flush(self, client: socket.socket) -> None:
+        pending = self.clients.get(client)
+        if not pending:
+            return
+        try:
+            sent = client.send(pending)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(client)
+            return
+        del pending[:sent]
+
+    def _drop(self, client: socket.socket) -> None:
+        self.clients.pop(client, None)
+        client.close()
+
+    def close_clients(self) -> None:
+        for client, pending in list(self.clients.items()):
+            with contextlib.suppress(OSError):
+                client.setblocking(True)
+                client.sendall(pending)
+            self._drop(client)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def attach_socket_path(store: ContainerStore, container_id: str) -> Path:
+    return store.dir(container_id) / ATTACH
+
+
+def short_path(path: Path) -> tuple[str, int]:
+    """A name for path that fits sun_path (108 bytes) however deep path is: through an fd of
+    its directory. The caller closes the fd."""
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{fd}/{path.name}", fd
+
+
+def _listen(path: Path) -> socket.socket | None:  # pragma: no cover - runs in the monitor
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    name, fd = short_path(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(name)
+        os.chmod(path, 0o600)
+        listener.listen(8)
+    except OSError as e:
+        print(f"attach socket unavailable: {e}", file=sys.stderr)
+        listener.close()
+        return None
+    finally:
+        os.close(fd)
+    listener.setblocking(False)
+    return listener
 
 
 def _close_other_fds(keep: set[int]) -> None:

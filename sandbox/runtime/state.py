@@ -148,10 +148,12 @@ class ContainerStore:
         """Change fields of the stored record (read-modify-write under the lock, so the
         monitor and a command such as rename never undo each other's changes)."""
         with self.lock():
-            current = self._read(self.dir(container.id)) or container
+            current = self._read(self.dir(container.id))
+            if current is None:
+                # Removed meanwhile (or damaged): never bring a forgotten record back.
+                return dataclasses.replace(container, **changes)
             updated = dataclasses.replace(current, **changes)
-            if self.dir(container.id).is_dir():
-                self._write(updated)
+            self._write(updated)
         return updated
 
     def rename(self, container: Container, new_name: str) -> Container:
@@ -188,11 +190,8 @@ class ContainerStore:
 
     def _read(self, path: Path) -> Container | None:
         try:
-            raw = json.loads((path / RECORD).read_text())
-            raw["command"] = tuple(raw.get("command", ()))
-            known = {f.name for f in dataclasses.fields(Container)}
-            container = Container(**{k: v for k, v in raw.items() if k in known})
-        except (OSError, ValueError, TypeError):
+            container = codec.from_json(Container, json.loads((path / RECORD).read_text()))
+        except (OSError, ValueError, TypeError, KeyError):
             return None  # being created or removed right now, or damaged: not listed
         if container.status == "running" and not is_alive(container):
             container = dataclasses.replace(container, status="exited")
@@ -233,8 +232,9 @@ class ContainerStore:
         )
 
     def forget(self, container: Container) -> None:
-        """Drop the record (the caller has removed or is removing the files)."""
-        with contextlib.suppress(FileNotFoundError):
+        """Drop the record (the caller has removed or is removing the files); under the lock,
+        so no update() is halfway through rewriting it."""
+        with self.lock(), contextlib.suppress(FileNotFoundError):
             os.unlink(self.dir(container.id) / RECORD)
 
     def check_removable(self, container: Container, force: bool) -> None:

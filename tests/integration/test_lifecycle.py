@@ -494,3 +494,38 @@ def test_ps_filters_and_templates(sandbox: Run, busybox_image: str) -> None:
     assert bad.returncode == 125 and "Nope" in bad.stderr
     assert sandbox("ps", "--filter", "colour=red").returncode == 125
     _ok(sandbox("rm", "filtered-a", "filtered-b"))
+
+
+def test_attach_relays_both_ways_and_exits_with_the_container(
+    sandbox_env: SandboxEnv, busybox_image: str
+) -> None:
+    run = sandbox_env.run
+    _ok(
+        run(
+            "run",
+            "-d",
+            "-i",
+            "--network",
+            "none",
+            "--name",
+            "attached",
+            busybox_image,
+            "sh",
+            "-c",
+            "read line; echo got=$line; echo err=$line >&2; exit 5",
+        )
+    )
+    attacher = subprocess.Popen(
+        [*sandbox_env.argv_prefix(), "attach", "attached"],
+        env=sandbox_env.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1)  # let it connect before the input arrives
+    out, err = attacher.communicate("hello\n", timeout=60)
+    assert attacher.returncode == 5, err
+    assert out == "got=hello\n" and err == "err=hello\n"
+    _ok(run("rm", "attached"))
+    assert run("attach", "attached").returncode == 125
