@@ -22,6 +22,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -385,15 +386,14 @@ class Helper:
         if self.exit_w is not None:
             os.close(self.exit_w)  # slirp4netns's --exit-fd: it quits on EOF
             self.exit_w = None
+        elif self.process is not None and self.process.poll() is None:
+            self.process.terminate()
         if self.process is not None:
             try:
                 self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        elif self.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, 15)
         for path in self.files:
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -542,11 +542,17 @@ def _slirp_add_hostfwd(api: Path, port: PortMapping) -> None:
         )
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    from sandbox.rootless import syscalls
+
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _start_pasta(config: NetworkConfig, pid: int, state_dir: Path) -> Helper:
     program = _program("pasta")
     pid_file = state_dir / "pasta.pid"
     log_path = state_dir / "pasta.log"
-    argv = [program, "--config-net", "--quiet", "--mtu", str(MTU), "--no-map-gw"]
+    argv = [program, "--config-net", "--quiet", "--foreground", "--mtu", str(MTU), "--no-map-gw"]
     argv += ["--dns-forward", PASTA_DNS, "--pid", str(pid_file)]
     tcp = [p for p in config.ports if p.protocol == "tcp"]
     udp = [p for p in config.ports if p.protocol == "udp"]
@@ -560,28 +566,24 @@ def _start_pasta(config: NetworkConfig, pid: int, state_dir: Path) -> Helper:
     argv += ["-T", "none", "-U", "none", str(pid)]
     try:
         with open(log_path, "wb") as log:
-            # pasta configures the namespace, then forks to the background and exits 0.
-            done = subprocess.run(
+            # pasta has no exit fd and does not notice a PID-named namespace going away: it
+            # stays our child and dies with us (PDEATHSIG; this process has one thread).
+            process = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                timeout=START_TIMEOUT,
-                check=False,
+                close_fds=True,
+                preexec_fn=_die_with_parent,
             )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise HostError("cannot start pasta", context=str(e), hint=f"see {log_path}") from e
-    helper_pid = None
-    with contextlib.suppress(OSError, ValueError):
-        helper_pid = int(pid_file.read_text().strip())
-    helper = Helper("pasta", None, helper_pid)
+    except OSError as e:
+        raise HostError("cannot start pasta", context=e.strerror, hint=f"see {log_path}") from e
+    helper = Helper("pasta", process, process.pid)
     helper.files = [pid_file]
-    if done.returncode != 0:
-        lines = _read(log_path).strip().splitlines()
-        helper.stop()
-        raise HostError(
-            f"pasta failed to start the container's network (exit {done.returncode})",
-            context=" / ".join(lines[-5:]) or "no output",
-            hint=f"see {log_path}; apt install passt (or --network none)",
-        )
+    # pasta writes its pid file once the namespace is configured: that is our ready signal.
+    deadline = time.monotonic() + START_TIMEOUT
+    while not _read(pid_file).strip():
+        if process.poll() is not None or time.monotonic() > deadline:
+            _fail_start(helper, log_path, "timed out" if process.poll() is None else "exited")
+        time.sleep(0.005)
     return helper

@@ -298,12 +298,12 @@ def _helpers_for(container_id: str) -> list[int]:
     return found
 
 
-@pytest.mark.needs("slirp4netns", "tun")
-def test_slirp4netns_dies_with_a_sigkilled_sandbox(
-    sandbox_env: SandboxEnv, busybox_image: str
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_helper_dies_with_a_sigkilled_sandbox(
+    sandbox_env: SandboxEnv, busybox_image: str, backend: str
 ) -> None:
     with _background(
-        sandbox_env, "run", "--name", "killed", busybox_image, "sleep", "60"
+        sandbox_env, "run", "--name", "killed", "--network", backend, busybox_image, "sleep", "60"
     ) as process:
         deadline = time.monotonic() + 60
         helpers: list[int] = []
@@ -312,14 +312,14 @@ def test_slirp4netns_dies_with_a_sigkilled_sandbox(
             ids = [c["Id"] for c in listed if "killed" in c["Names"]]
             helpers = _helpers_for(str(ids[0])) if ids else []
             time.sleep(0.2)
-        assert helpers, "slirp4netns never started"
-        process.send_signal(signal.SIGKILL)  # sandbox only: its exit fd closes
+        assert helpers, f"{backend} never started"
+        process.send_signal(signal.SIGKILL)  # sandbox only, not its session
         deadline = time.monotonic() + 10
         while any(Path(f"/proc/{p}").exists() for p in helpers) and time.monotonic() < deadline:
             time.sleep(0.1)
         alive = [p for p in helpers if Path(f"/proc/{p}").exists()]
     sandbox_env.run("rm", "-f", "killed")
-    assert not alive, f"slirp4netns outlived sandbox: {alive}"
+    assert not alive, f"{backend} outlived sandbox: {alive}"
 
 
 @pytest.mark.needs("slirp4netns", "tun", "debian_rootfs")
