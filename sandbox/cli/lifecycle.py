@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
     register_copy(app)
     register_diff(app)
     register_attach(app)
+    register_commit(app)
     container_app = typer.Typer(help="Manage containers.", no_args_is_help=True)
     app.add_typer(container_app, name="container")
 
@@ -334,3 +335,20 @@ def register_attach(app: typer.Typer) -> None:
 
         code = engine.attach(config.load(), container, stdin=not no_stdin)
         raise typer.Exit(0 if code is None else code)
+
+
+def register_commit(app: typer.Typer) -> None:
+    @app.command(
+        "commit",
+        help="Make a new image from a container's changes.\n\nExamples:"
+        "\n\n  sandbox commit web web:snapshot\n\n  sandbox commit -m 'tools' dev",
+    )
+    def commit(
+        container: str = typer.Argument(..., help="Name or id."),
+        image: str = typer.Argument(None, help="Name for the new image (default: none)."),
+        message: str = typer.Option("", "--message", "-m", help="A comment in its history."),
+    ) -> None:
+        from sandbox import config
+        from sandbox.runtime import commit as engine
+
+        print(engine.commit(config.load(), container, image, message=message).id)

@@ -233,7 +233,12 @@ class ImageStore:
                     self._cleanup_tmp()
                     tmp, tmp_lock = self._new_tmp()
                 try:
-                    return self._import(fd, tmp, stored_name, comment)
+                    return self._add_layer_image(
+                        fd,
+                        tmp,
+                        stored_name,
+                        lambda diff_id, created: _image_config(diff_id, created, comment),
+                    )
                 finally:
                     os.close(tmp_lock)
             finally:
@@ -241,14 +246,73 @@ class ImageStore:
         except LayerError as e:
             raise LayerError(f"cannot import {tarball}", context=str(e), hint=e.hint) from e
 
-    def _import(self, fd: int, tmp: Path, stored_name: str | None, comment: str) -> Image:
+    def commit_layer(
+        self,
+        tarball: Path,
+        *,
+        base: Image | None,
+        config: dict[str, Any],
+        name: str | None,
+        comment: str = "",
+    ) -> Image:
+        """A new image: base's layers plus one layer from tarball (OCI whiteouts honoured),
+        with config as its runtime configuration (`sandbox commit`)."""
+        stored_name = reference.local_name(name) if name else None
+        base_layers = tuple(base.layers) if base is not None else ()
+        machine = platform.machine()
+
+        def make_config(diff_id: str, created: str) -> dict[str, Any]:
+            return {
+                "created": created,
+                "architecture": _GOARCH.get(machine, machine),
+                "os": "linux",
+                "config": config,
+                "rootfs": {"type": "layers", "diff_ids": [*base_layers, diff_id]},
+                "history": [
+                    {"created": created, "created_by": "sandbox commit", "comment": comment}
+                ],
+            }
+
+        fd = _open_tarball(tarball)
+        try:
+            self._ensure_dirs()
+            with self._locked():
+                self._cleanup_tmp()
+                tmp, tmp_lock = self._new_tmp()
+            try:
+                return self._add_layer_image(
+                    fd,
+                    tmp,
+                    stored_name,
+                    make_config,
+                    base_layers=base_layers,
+                    base_size=base.size if base is not None else 0,
+                    whiteouts=True,
+                )
+            finally:
+                os.close(tmp_lock)
+        finally:
+            os.close(fd)
+
+    def _add_layer_image(
+        self,
+        fd: int,
+        tmp: Path,
+        stored_name: str | None,
+        make_config: Callable[[str, str], dict[str, Any]],
+        *,
+        base_layers: tuple[str, ...] = (),
+        base_size: int = 0,
+        whiteouts: bool = False,
+    ) -> Image:
+        """Unpack one layer into tmp, publish it and index an image of base_layers + it."""
         placed = False
         try:
-            result = self._unpack(fd, tmp)
+            result = self._unpack_many([(fd, tmp)], whiteouts=whiteouts)[0]
             diff_id, size = result["diff_id"], int(result["size"])
             created = now_rfc3339()
             _write_json(tmp / "layer.json", {"diff_id": diff_id, "size": size, "created": created})
-            config = _image_config(diff_id, created, comment)
+            config = make_config(diff_id, created)
             config_bytes = _canonical(config)
             image_id = hashlib.sha256(config_bytes).hexdigest()
             with self._locked():
@@ -267,9 +331,9 @@ class ImageStore:
                     {
                         "id": image_id,
                         "names": [stored_name] if stored_name else [],
-                        "layers": [diff_id],
+                        "layers": [*base_layers, diff_id],
                         "created": created,
-                        "size": size,
+                        "size": base_size + size,
                     }
                 )
                 self._write_index(records)
@@ -281,9 +345,6 @@ class ImageStore:
             # The layer was already in the store (the same tarball imported before).
             self._discard_quietly([tmp])
         return self._image(records[-1])
-
-    def _unpack(self, fd: int, tmp: Path) -> dict[str, Any]:
-        return self._unpack_many([(fd, tmp)], whiteouts=False)[0]
 
     def _unpack_many(
         self, jobs: list[tuple[int, Path]], *, whiteouts: bool

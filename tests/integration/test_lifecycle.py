@@ -529,3 +529,47 @@ def test_attach_relays_both_ways_and_exits_with_the_container(
     assert out == "got=hello\n" and err == "err=hello\n"
     _ok(run("rm", "attached"))
     assert run("attach", "attached").returncode == 125
+
+
+def test_commit_makes_an_image_of_the_changes(sandbox: Run, busybox_image: str) -> None:
+    _ok(
+        sandbox(
+            "run",
+            "--name",
+            "to-commit",
+            "--network",
+            "none",
+            "-w",
+            "/srv",
+            "-e",
+            "MODE=x",
+            busybox_image,
+            "sh",
+            "-c",
+            "mkdir -p /srv/app /etc/empty && echo built > /srv/app/file && rm /bin/ls && "
+            "touch /etc/empty/a && rm -r /etc/empty && mkdir /etc/empty",
+        )
+    )
+    image_id = _ok(sandbox("commit", "-m", "test", "to-commit", "committed:v1")).strip()
+    assert len(image_id) == 64
+    out = _ok(
+        sandbox(
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "committed:v1",
+            "sh",
+            "-c",
+            "cat app/file; pwd; echo $MODE; ls /bin/ls 2>&1; ls -A /etc/empty | wc -l",
+        )
+    )
+    lines = out.splitlines()
+    assert lines[:3] == ["built", "/srv", "x"]
+    assert "No such file" in lines[3]
+    assert lines[4] == "0"
+    # The command recorded in the image is the container's: rerun, its `rm /bin/ls` fails.
+    rerun = sandbox("run", "--rm", "--network", "none", "committed:v1")
+    assert rerun.returncode == 1 and "/bin/ls" in rerun.stderr
+    _ok(sandbox("rm", "to-commit"))
+    _ok(sandbox("rmi", "committed:v1"))
