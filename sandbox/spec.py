@@ -184,22 +184,37 @@ def merge_env(*layers: Sequence[str]) -> tuple[str, ...]:
     return tuple(f"{k}={v}" for k, v in merged.items())
 
 
-def parse_volume(text: str) -> Mount:
-    """-v HOST:CONTAINER[:OPTIONS] -> a bind Mount (HOST must exist, as podman requires)."""
+def parse_volume(text: str, volumes_root: Path | None = None) -> Mount:
+    """-v HOST:CONTAINER[:OPTIONS] -> a bind Mount (HOST must exist, as podman requires).
+
+    -v NAME:CONTAINER names a volume (sandbox/volumes.py) under volumes_root; its directory
+    is created by runtime/container.py once the whole spec is valid.
+    """
     parts = text.split(":")
     if len(parts) < 2 or len(parts) > 3 or not parts[0] or not parts[1]:
         raise UsageError(f"invalid volume {text!r}", hint="use -v HOSTPATH:CONTAINERPATH[:ro]")
     host, target = parts[0], parts[1]
     opts = parts[2].split(",") if len(parts) == 3 and parts[2] else []
-    if not host.startswith("/") and not host.startswith("."):
+    from sandbox import volumes
+
+    named = volumes.is_name(host)
+    if named and volumes_root is None:
         raise UsageError(
-            f"invalid volume {text!r}: named volumes are not supported yet",
+            f"invalid volume {text!r}: named volumes are not available here",
             hint="give an absolute host path, e.g. -v $PWD/data:/data",
+        )
+    if not named and not host.startswith("/") and not host.startswith("."):
+        raise UsageError(
+            f"invalid volume {text!r}", hint="give an absolute host path or a volume NAME"
         )
     if not target.startswith("/"):
         raise UsageError(f"invalid volume {text!r}: the container path must be absolute")
-    source = os.path.abspath(host)
-    if not os.path.exists(source):
+    if named:
+        assert volumes_root is not None
+        source = str(volumes_root / volumes.validate_name(host) / volumes.DATA)
+    else:
+        source = os.path.abspath(host)
+    if not named and not os.path.exists(source):
         raise UsageError(
             f"volume source {source} does not exist",
             hint="create it first (mkdir -p), or fix the path",
@@ -291,6 +306,7 @@ def build(
     mapping: IdMapping,
     etc_dir: Path,
     cgroup_mount: bool = False,
+    volumes_root: Path | None = None,
 ) -> ContainerSpec:
     """Validate options against each other and the image; no side effects.
 
@@ -324,7 +340,7 @@ def build(
     if options.read_only:
         # podman's --read-only-tmpfs default: scratch space where programs expect it.
         mounts += [parse_tmpfs(p) for p in ("/tmp", "/var/tmp", "/run")]
-    mounts += [parse_volume(v) for v in options.volumes]
+    mounts += [parse_volume(v, volumes_root) for v in options.volumes]
     mounts += [parse_tmpfs(t) for t in options.tmpfs]
     seen: set[str] = set()
     for m in mounts[len(default_mounts()) + cgroup_mount :]:

@@ -89,6 +89,10 @@ def _register() -> None:
     from sandbox.cli import stats
 
     stats.register(app)
+    from sandbox.cli import job, volume
+
+    for module in (job, volume):
+        module.register(app)
 
 
 def print_error(error: SandboxError) -> None:

@@ -112,8 +112,11 @@ class RichProgress(QuietProgress):
         self._progress.stop()
 
 
-def make_progress(mode: str) -> Progress:
-    """mode: quiet, lines, bars, or auto (bars on a terminal, lines otherwise)."""
+def make_progress(mode: str | Progress) -> Progress:
+    """mode: quiet, lines, bars, or auto (bars on a terminal, lines otherwise); or a Progress
+    of the caller's (`sandbox job --json-events` turns pull progress into events)."""
+    if not isinstance(mode, str):
+        return mode
     if mode == "quiet":
         return QuietProgress()
     if mode == "bars" or (mode == "auto" and sys.stderr.isatty()):
@@ -129,7 +132,7 @@ def ensure_image(
     policy: str = "missing",
     tls_verify: bool | None = None,
     platform: str | None = None,
-    progress: str = "auto",
+    progress: str | Progress = "auto",
 ) -> Image:
     """The image `sandbox run` uses: from the store, pulled first when policy says so."""
     from sandbox.images.store import ImageStore
@@ -162,7 +165,7 @@ def pull(
     *,
     tls_verify: bool | None = None,
     platform: str | None = None,
-    progress: str = "auto",
+    progress: str | Progress = "auto",
     registries: RegistriesConfig | None = None,
 ) -> Image:
     """Pull name (short names through aliases and search registries, mirrors first)."""
@@ -199,7 +202,7 @@ def _pull_from(
     ref: reference.Reference,
     endpoint: Endpoint,
     want: manifests.Platform,
-    progress_mode: str,
+    progress_mode: str | Progress,
 ) -> Image:
     from sandbox.images.registry import Client
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from sandbox import spec as specs
+from sandbox import volumes
 from sandbox.config import Settings, runtime_root
 from sandbox.errors import (
     ContainerError,
@@ -112,7 +113,14 @@ def create(
         mapping=mapping,
         etc_dir=cdir / "etc",
         cgroup_mount=manager.name != "disabled",
+        volumes_root=volumes.root(settings.data_root),
     )
+    # Named volumes are created on first use, once the whole spec is valid.
+    for mount in spec.mounts:
+        if mount.type == "bind" and Path(mount.source).parent.parent == volumes.root(
+            settings.data_root
+        ):
+            volumes.create(settings.data_root, Path(mount.source).parent.name)
     record = store.create(
         Container(
             id=container_id,
