@@ -83,6 +83,7 @@ class RunOptions:
     dns: tuple[str, ...] = ()
     dns_search: tuple[str, ...] = ()
     add_host: tuple[str, ...] = ()
+    egress_allow: tuple[str, ...] = ()  # CIDR[:PORT] or HOSTNAME[:PORT]; else all refused
     resources: Resources = NO_LIMITS  # --memory, --cpus, ... (cgroups.from_options)
     cgroups: str | None = None  # --cgroups enabled|disabled; None: config.yaml's
     pull: str = "missing"  # --pull always|missing|never|newer (images/pull.py)
@@ -145,6 +146,11 @@ class ContainerSpec:
     resources: Resources = NO_LIMITS
     # Capabilities, seccomp (with its compiled filter), no_new_privs, masked paths, rlimits.
     security: Security = DEFAULT_SECURITY
+
+
+def _adds_net_admin(cap_add: Sequence[str]) -> bool:
+    names = {c.upper().removeprefix("CAP_") for c in cap_add}
+    return bool(names & {"NET_ADMIN", "ALL"})
 
 
 def parse_env_file(path: str) -> list[str]:
@@ -351,8 +357,18 @@ def build(
         seen.add(m.destination)
     etc_files = tuple((f"/etc/{n}", etc_dir / n) for n in ("hostname", "hosts", "resolv.conf"))
     net = build_network(
-        options.network, options.publish, options.dns, options.dns_search, options.add_host
+        options.network,
+        options.publish,
+        options.dns,
+        options.dns_search,
+        options.add_host,
+        options.egress_allow,
     )
+    if net.egress and (options.privileged or _adds_net_admin(options.cap_add)):
+        raise UsageError(
+            "--egress-allow cannot hold with --privileged or --cap-add NET_ADMIN",
+            hint="the container could delete the rules; drop one of the two options",
+        )
     return ContainerSpec(
         id=container_id,
         name=name,

@@ -67,6 +67,12 @@ def register(app: typer.Typer) -> None:
         dns: list[str] = typer.Option([], "--dns", help="DNS server for the container."),
         dns_search: list[str] = typer.Option([], "--dns-search", help="DNS search domain."),
         add_host: list[str] = typer.Option([], "--add-host", help="Add NAME:IP to /etc/hosts."),
+        egress_allow: list[str] = typer.Option(
+            [],
+            "--egress-allow",
+            help="Allow traffic out only to CIDR[:PORT] or HOSTNAME[:PORT] (repeatable); "
+            "everything else leaving the container is refused.",
+        ),
         pull: str = typer.Option(
             "missing", "--pull", help="Pull the image: always, missing, never or newer."
         ),
@@ -140,6 +146,7 @@ def register(app: typer.Typer) -> None:
             dns=tuple(dns),
             dns_search=tuple(dns_search),
             add_host=tuple(add_host),
+            egress_allow=tuple(egress_allow),
             resources=cgroups.from_options(
                 memory=memory,
                 memory_swap=memory_swap,

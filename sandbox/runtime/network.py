@@ -20,6 +20,7 @@ import errno
 import ipaddress
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -28,8 +29,12 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sandbox.errors import ContainerError, HostError, UsageError
+
+if TYPE_CHECKING:
+    from sandbox.rootless.nftables import Allow
 
 MODES = ("slirp4netns", "pasta", "none", "host")
 MTU = 65520
@@ -43,6 +48,9 @@ HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 RESOLVED_UPSTREAMS = Path("/run/systemd/resolve/resolv.conf")
 START_TIMEOUT = 30.0
 _PACKAGES = {"slirp4netns": "slirp4netns", "pasta": "passt"}
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +67,24 @@ class PortMapping:
 
 
 @dataclasses.dataclass(frozen=True)
+class EgressAllow:
+    """One --egress-allow: a CIDR or a host name (resolved on the host when the container is
+    created), optionally one port (TCP and UDP)."""
+
+    target: str  # as given, without the port
+    networks: tuple[str, ...]  # CIDRs: the target itself, or the name's addresses
+    port: int | None = None
+
+    @property
+    def hostname(self) -> str | None:
+        try:
+            ipaddress.ip_network(self.target, strict=False)
+        except ValueError:
+            return self.target
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
 class NetworkConfig:
     """Everything about a container's network, validated before any process exists."""
 
@@ -68,6 +94,8 @@ class NetworkConfig:
     dns: tuple[str, ...] = ()
     dns_search: tuple[str, ...] = ()
     extra_hosts: tuple[tuple[str, str], ...] = ()
+    # --egress-allow: when any is given, everything else leaving the container is refused.
+    egress: tuple[EgressAllow, ...] = ()
 
     @property
     def own_namespace(self) -> bool:
@@ -196,9 +224,16 @@ def build(
     dns: Sequence[str] = (),
     dns_search: Sequence[str] = (),
     add_host: Sequence[str] = (),
+    egress_allow: Sequence[str] = (),
 ) -> NetworkConfig:
-    """Validate the network options together; nothing is started or bound here."""
+    """Validate the network options together; nothing is started or bound here (host names
+    in --egress-allow are resolved here, on the host)."""
     mode, allow = parse_network(network)
+    if egress_allow and mode == "host":
+        raise UsageError(
+            "--egress-allow needs a network namespace of the container's own",
+            hint="drop --network host (the rules live in the container's namespace)",
+        )
     ports: list[PortMapping] = []
     for spec in publish:
         ports += parse_publish(spec)
@@ -234,9 +269,59 @@ def build(
         dns=tuple(dns),
         dns_search=tuple(dns_search),
         extra_hosts=tuple(parse_add_host(h) for h in add_host),
+        egress=tuple(parse_egress(e) for e in egress_allow),
     )
     require_helper(config)
     return config
+
+
+def _split_port(text: str) -> tuple[str, int | None]:
+    """TARGET[:PORT]; an IPv6 target with a port is written [TARGET]:PORT."""
+    if text.startswith("["):
+        target, close, rest = text[1:].partition("]")
+        if not close or (rest and not rest.startswith(":")):
+            raise UsageError(f"invalid --egress-allow {text!r}", hint="use [IPV6/LEN]:PORT")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        target, _, port_text = text.partition(":")
+    else:
+        target, port_text = text, None  # a name, an IPv4 CIDR, or an IPv6 one without port
+    if port_text is None:
+        return target, None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise UsageError(f"invalid port {port_text!r} in --egress-allow {text}", hint="1-65535")
+    return target, int(port_text)
+
+
+def parse_egress(text: str, resolve: bool = True) -> EgressAllow:
+    """--egress-allow CIDR[:PORT] or HOSTNAME[:PORT]; a name is resolved now, on the host."""
+    target, port = _split_port(text.strip())
+    if not target:
+        raise UsageError(f"invalid --egress-allow {text!r}", hint="give a CIDR or a host name")
+    try:
+        network = ipaddress.ip_network(target, strict=False)
+    except ValueError:
+        network = None
+    if network is not None:
+        return EgressAllow(target, (str(network),), port)
+    if not _HOSTNAME_RE.match(target):
+        raise UsageError(
+            f"invalid --egress-allow {text!r}",
+            hint="give CIDR[:PORT] (10.0.2.2/32:8080) or HOSTNAME[:PORT] (deb.debian.org:80)",
+        )
+    if not resolve:
+        return EgressAllow(target, (), port)
+    try:
+        infos = socket.getaddrinfo(target, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        raise UsageError(
+            f"cannot resolve {target!r} for --egress-allow",
+            context=str(e),
+            hint="check the name, or give its address as a CIDR",
+        ) from e
+    addresses = dict.fromkeys(str(info[4][0]).split("%")[0] for info in infos)
+    networks = tuple(str(ipaddress.ip_network(a)) for a in addresses)
+    return EgressAllow(target, networks, port)
 
 
 def require_helper(config: NetworkConfig) -> None:
@@ -365,6 +450,11 @@ def hosts_file(config: NetworkConfig, hostname: str, name: str, host: str | None
         address = SLIRP_GUEST if config.mode == "slirp4netns" else "127.0.1.1"
         own = f"{address}\t{names}\n"
     extra = "".join(f"{address}\t{n}\n" for n, address in config.extra_hosts)
+    # Names allowed by --egress-allow resolve to the addresses the rules allow, whatever DNS
+    # says later.
+    for rule in config.egress:
+        if rule.hostname is not None:
+            extra += "".join(f"{n.split('/')[0]}\t{rule.hostname}\n" for n in rule.networks)
     return base + extra + own
 
 
@@ -400,12 +490,79 @@ class Helper:
 
 
 def start(config: NetworkConfig, pid: int, state_dir: Path, runtime_dir: Path) -> Helper | None:
-    """Step 9: give PID 1's network namespace its way out, and publish its ports."""
+    """Step 9: give PID 1's network namespace its way out, publish its ports, and install the
+    egress filter (before the command runs: the parent sends "start" only after this)."""
+    helper: Helper | None = None
     if config.helper == "slirp4netns":
-        return _start_slirp4netns(config, pid, state_dir, runtime_dir)
-    if config.helper == "pasta":
-        return _start_pasta(config, pid, state_dir)
-    return None
+        helper = _start_slirp4netns(config, pid, state_dir, runtime_dir)
+    elif config.helper == "pasta":
+        helper = _start_pasta(config, pid, state_dir)
+    if config.egress:
+        try:
+            apply_egress(config, pid, _read(state_dir / "etc" / "resolv.conf"))
+        except BaseException:
+            if helper is not None:
+                helper.stop()
+            raise
+    return helper
+
+
+# ---------------------------------------------------------------------------------------------
+# the egress policy
+
+
+def egress_allowed(config: NetworkConfig, resolv: str) -> list[Allow]:
+    """What the filter lets out: each --egress-allow, plus DNS to the container's resolvers."""
+    from sandbox.rootless.nftables import Allow
+
+    allowed = [Allow(n, rule.port) for rule in config.egress for n in rule.networks]
+    for server in _nameservers(resolv)[0]:
+        with contextlib.suppress(ValueError):
+            allowed.append(Allow(str(ipaddress.ip_network(server.split("%")[0])), 53))
+    return allowed
+
+
+def apply_egress(config: NetworkConfig, pid: int, resolv: str) -> None:
+    """Install the egress filter in PID 1's network namespace, from a child of ours that joins
+    its user namespace (we own it, so setns gives the child every capability there) and then
+    its network namespace. The container itself lacks CAP_NET_ADMIN: it cannot lift the rules.
+    """
+    from sandbox.rootless import nftables, syscalls, userns
+
+    allowed = egress_allowed(config, resolv)
+    userns.assert_single_threaded()  # setns(CLONE_NEWUSER) refuses a threaded process
+    fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in ("user", "net")]
+    read_end, write_end = os.pipe()
+    try:
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the forked child
+            os.close(read_end)
+            code = 0
+            try:
+                syscalls.setns(fds[0], syscalls.CLONE_NEWUSER)
+                syscalls.setns(fds[1], syscalls.CLONE_NEWNET)
+                nftables.install(allowed)
+            except BaseException as error:
+                os.write(write_end, str(error).encode()[:500])
+                code = 1
+            os._exit(code)
+        os.close(write_end)
+        write_end = -1
+        with os.fdopen(read_end, "rb") as errors:
+            read_end = -1
+            message = errors.read().decode(errors="replace")
+        _, status = os.waitpid(child, 0)
+    finally:
+        for fd in (*fds, read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+    if message or status != 0:
+        raise HostError(
+            "cannot install the --egress-allow rules in the container's network namespace",
+            context=message or f"wait status {status}",
+            hint="the kernel needs nf_tables (CONFIG_NF_TABLES, CONFIG_NFT_REJECT_INET, "
+            "CONFIG_NFT_CT); 'sandbox doctor' checks it",
+        )
 
 
 def _program(name: str) -> str:
