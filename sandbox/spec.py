@@ -113,6 +113,8 @@ class Root:
     kind "overlay": lowers (image layers, lowest first) + upper/work, mounted at path.
     kind "vfs": a private copy of the layers at path, made once.
     kind "dir": an existing directory used as it is (--rootfs).
+    kind "host": a tmpfs at path with the host's /usr, /etc, /lib* bound read-only (the
+    `host` image, runtime/hostroot.py).
     """
 
     kind: str

@@ -31,7 +31,7 @@ from sandbox.errors import (
 from sandbox.rootless import cgroups, idmap, syscalls, userns
 from sandbox.rootless.channel import Channel, ChannelClosed
 from sandbox.rootless.idmap import IdMapping
-from sandbox.runtime import init, network, state, tty
+from sandbox.runtime import hostroot, init, network, state, tty
 from sandbox.runtime.state import Container, ContainerStore
 
 Warn = Callable[[str], None]
@@ -68,7 +68,10 @@ def create(
     image_config: dict[str, object] = {}
     image_id = None
     lowers: tuple[Path, ...] = ()
-    if options.rootfs:
+    host_root = options.image == hostroot.IMAGE and not options.rootfs
+    if host_root:
+        pass  # the host's own /usr and /etc: no image, no store (runtime/hostroot.py)
+    elif options.rootfs:
         rootfs = Path(os.path.abspath(options.image))
         if not rootfs.is_dir():
             raise UsageError(
@@ -95,7 +98,9 @@ def create(
     container_id = store.new_id()
     name = options.name or store.unique_name()
     cdir = store.dir(container_id)
-    if options.rootfs:
+    if host_root:
+        root = specs.Root("host", cdir / "rootfs")
+    elif options.rootfs:
         root = specs.Root("dir", rootfs)
     else:
         driver = storage_driver(settings)
@@ -186,7 +191,7 @@ def _prepare_dirs(spec: specs.ContainerSpec) -> None:
     for path in (root.upper, root.work):
         if path is not None:
             path.mkdir(mode=0o755)
-    if root.kind == "overlay":
+    if root.kind in ("overlay", "host"):
         root.path.mkdir(mode=0o755)
     etc = spec.etc_files[0][1].parent
     etc.mkdir(mode=0o755)

@@ -157,6 +157,11 @@ def _mount_root(spec: ContainerSpec) -> None:
         assert root.upper is not None and root.work is not None
         mounts.mount_overlay(root.lowers, root.upper, root.work, root.path)
         return
+    if root.kind == "host":
+        from sandbox.runtime import hostroot
+
+        hostroot.mount(root.path)  # a tmpfs: already a mount point for pivot_root
+        return
     if root.kind == "vfs":
         from sandbox.images import rootfs
 
