@@ -51,6 +51,7 @@ CHECKS: dict[str, CheckInfo] = {
     "tun": CheckInfo("/dev/net/tun", WARNING),
     "unprivileged_ports": CheckInfo("unprivileged ports", WARNING),
     "nested": CheckInfo("nested in another container", WARNING),
+    "nftables": CheckInfo("nf_tables in a user namespace (--egress-allow)", WARNING),
 }
 
 

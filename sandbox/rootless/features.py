@@ -796,6 +796,34 @@ def _probe_nested() -> Probe:
     )
 
 
+def _child_nftables() -> int:  # pragma: no cover - runs in a forked child
+    from sandbox.rootless import nftables, syscalls
+
+    try:
+        syscalls.unshare(syscalls.CLONE_NEWUSER | syscalls.CLONE_NEWNET)
+        nftables.install([])
+    except OSError as e:
+        return (e.errno or errno.EPERM) & 0xFF
+    return 0
+
+
+def _probe_nftables() -> Probe:
+    """--egress-allow installs nf_tables rules in the container's own network namespace."""
+    code = _fork_and_run(_child_nftables)
+    if code == 0:
+        return Probe("nftables", True, "nf_tables works in a user-owned network namespace")
+    if code is None:
+        return _in_fresh_interpreter("nftables")
+    reason = os.strerror(code) if code < 256 else f"exit status {code - 256}"
+    return Probe(
+        "nftables",
+        False,
+        f"cannot install nf_tables rules in a new network namespace: {reason}",
+        fix="--egress-allow needs a kernel with CONFIG_NF_TABLES, CONFIG_NFT_CT and "
+        "CONFIG_NFT_REJECT_INET (or the nf_tables modules loaded: modprobe nf_tables)",
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # the table, the cache, the entry points
 
@@ -820,6 +848,7 @@ _PROBES: dict[str, Callable[[], Probe]] = {
     "storage_fs": _probe_storage_fs,
     "unprivileged_ports": _probe_unprivileged_ports,
     "nested": _probe_nested,
+    "nftables": _probe_nftables,
 }
 
 NAMES: tuple[str, ...] = tuple(_PROBES)

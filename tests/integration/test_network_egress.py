@@ -15,7 +15,7 @@ from tests.integration.test_network import _host_server, _ok
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
-pytestmark = pytest.mark.needs("userns", "subids", "newuidmap", "slirp4netns", "tun")
+pytestmark = pytest.mark.needs("userns", "subids", "newuidmap", "slirp4netns", "tun", "nftables")
 LOOPBACK = "slirp4netns:allow_host_loopback=true"
 
 

@@ -29,6 +29,7 @@ EXPECTED = {
     "storage_fs",
     "unprivileged_ports",
     "nested",
+    "nftables",
 }
 
 
