@@ -89,9 +89,9 @@ def _register() -> None:
     from sandbox.cli import stats
 
     stats.register(app)
-    from sandbox.cli import job, volume
+    from sandbox.cli import dev, job, volume
 
-    for module in (job, volume):
+    for module in (job, volume, dev):
         module.register(app)
 
 
