@@ -99,13 +99,13 @@ def runtime_root() -> Path:
         try:
             st = os.stat(xdg)
             if st.st_uid == uid and os.access(xdg, os.W_OK):
-                return _private_dir(Path(xdg) / "sandbox")
+                return private_dir(Path(xdg) / "sandbox")
         except OSError:
             pass
-    return _private_dir(Path(f"/tmp/sandbox-{uid}"))
+    return private_dir(Path(f"/tmp/sandbox-{uid}"))
 
 
-def _private_dir(path: Path) -> Path:
+def private_dir(path: Path) -> Path:
     """Create path 0700 and check nobody else owns it (a /tmp squatter would see our state)."""
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)

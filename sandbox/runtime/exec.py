@@ -135,7 +135,41 @@ def run(settings: Settings, name_or_id: str, options: ExecOptions) -> int:
 
 
 def _open_namespaces(pid: int) -> dict[str, int]:
-    """The container's namespaces, opened now so PID 1 cannot be swapped underneath us."""
+    """The container's namespaces, opened now so PID 1 cannot be swapped underneath us.
+
+    Under --init, PID 1 is our interpreter made non-dumpable, and its /proc/PID/ns files are
+    closed to us: then they are opened through one of its children, which share them.
+    """
+    try:
+        return _open_namespaces_of(pid)
+    except ContainerError as error:
+        if not isinstance(error.__cause__, PermissionError):
+            raise
+        for child in _children(pid):
+            try:
+                return _open_namespaces_of(child)
+            except ContainerError:
+                continue
+        raise
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(b")") + 2 :].split()
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return sorted(found)
+
+
+def _open_namespaces_of(pid: int) -> dict[str, int]:
     fds: dict[str, int] = {}
     try:
         for name, _flag in JOIN_ORDER:

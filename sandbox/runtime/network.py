@@ -580,7 +580,13 @@ def _api_socket_path(state_dir: Path, runtime_dir: Path) -> Path:
     path = state_dir / "slirp4netns.sock"
     if len(os.fsencode(path)) < 100:
         return path
-    return runtime_dir / f"slirp-{state_dir.name[:16]}.sock"
+    path = runtime_dir / f"slirp-{state_dir.name[:16]}.sock"
+    if len(os.fsencode(path)) < 100:
+        return path
+    # Both are deep (an XDG_RUNTIME_DIR far down a tree): a private directory that fits.
+    from sandbox.config import private_dir
+
+    return private_dir(Path(f"/tmp/sandbox-{os.getuid()}")) / f"slirp-{state_dir.name[:16]}.sock"
 
 
 def _start_slirp4netns(

@@ -573,3 +573,23 @@ def test_commit_makes_an_image_of_the_changes(sandbox: Run, busybox_image: str) 
     assert rerun.returncode == 1 and "/bin/ls" in rerun.stderr
     _ok(sandbox("rm", "to-commit"))
     _ok(sandbox("rmi", "committed:v1"))
+
+
+def test_exec_into_a_container_with_init(sandbox: Run, busybox_image: str) -> None:
+    _ok(
+        sandbox(
+            "run",
+            "-d",
+            "--init",
+            "--network",
+            "none",
+            "--name",
+            "with-init",
+            busybox_image,
+            "sleep",
+            "1000",
+        )
+    )
+    out = _ok(sandbox("exec", "with-init", "sh", "-c", "cat /proc/2/cmdline | tr '\\0' ' '"))
+    assert out.strip() == "sleep 1000"
+    _ok(sandbox("rm", "-f", "with-init"))

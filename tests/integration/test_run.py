@@ -70,6 +70,8 @@ def test_loopback_is_up_and_nothing_else(sandbox: Run, busybox_image: str) -> No
         sandbox(
             "run",
             "--rm",
+            "--network",
+            "none",
             # busybox's ping needs a raw socket, which podman's default set leaves out.
             "--cap-add",
             "NET_RAW",
@@ -376,7 +378,8 @@ def test_bad_input_is_one_line_and_exit_125(
     cases = [
         ("run", "--rm", "no-such-image", "true"),
         ("run", "--rm", "-v", f"{tmp_path}/missing:/x", busybox_image, "true"),
-        ("run", "--rm", "-v", "relative:/x", busybox_image, "true"),
+        ("run", "--rm", "-v", "./no-such-dir:/x", busybox_image, "true"),
+        ("run", "--rm", "-v", "bad/name:/x", busybox_image, "true"),
         ("run", "--rm", "-w", "relative", busybox_image, "true"),
         ("run", "--rm", "--name", "bad name!", busybox_image, "true"),
         ("run", "--rm", "--userns", "bogus", busybox_image, "true"),
