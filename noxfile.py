@@ -82,3 +82,19 @@ def vm(session: nox.Session) -> None:
         session.error(ROOT_MESSAGE)
     _install(session)
     session.run("pytest", "-ra", *(session.posargs or ["tests/vm"]))
+
+
+@nox.session(venv_backend="none" if IS_ROOT else None)
+def bench(session: nox.Session) -> None:
+    """Side-by-side benchmarks against podman and bwrap -> docs/benchmarks.md (not in CI).
+
+    As root, benchmarks/bench.py reruns itself as the unprivileged user sbtest with this
+    interpreter (which must have the project's dependencies) and copies the results back.
+    """
+    if IS_ROOT:
+        import sys
+
+        session.run(sys.executable, "benchmarks/bench.py", *session.posargs, external=True)
+        return
+    _install(session)
+    session.run("python", "benchmarks/bench.py", *session.posargs)
