@@ -8,11 +8,12 @@ os.unshare/os.setns are used when Python has them (3.12+).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# dlopen(NULL): the interpreter's own symbols, libc among them. ctypes.util.find_library would
+# run `ldconfig -p` in a subprocess on every start (about 3 ms, and a fork).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 # <linux/sched.h>
 CLONE_NEWTIME = 0x00000080
