@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sandbox.errors import ContainerError, UsageError
 from sandbox.rootless import caps, rlimits
@@ -141,7 +142,7 @@ def build(
             if profile_name == "default"
             else seccomp.load_profile(profile_name)
         )
-        program = seccomp.compile(profile, capabilities=capabilities)
+        program = _compile(profile, capabilities)
         flags = seccomp.flags(profile)
     return Security(
         capabilities=capabilities,
@@ -154,6 +155,19 @@ def build(
         seccomp_filter=program,
         seccomp_flags=flags,
     )
+
+
+def _compile(profile: Mapping[str, Any], capabilities: Sequence[str]) -> bytes:
+    """The filter, from the per-boot cache in the runtime directory when it is there."""
+    from sandbox import config
+    from sandbox.errors import HostError
+    from sandbox.rootless import seccomp
+
+    try:
+        cache = config.private_dir(config.runtime_root() / "seccomp")
+    except HostError:
+        return seccomp.compile(profile, capabilities=capabilities)
+    return seccomp.compile_cached(profile, capabilities=capabilities, cache_dir=cache)
 
 
 def _paths(value: str, opt: str) -> list[str]:

@@ -312,6 +312,49 @@ def compile(
         lib.seccomp_release(ctx)
 
 
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
+
+
+def compile_cached(
+    profile: Mapping[str, Any], *, capabilities: Collection[str], cache_dir: Path
+) -> bytes:
+    """compile(), remembered in cache_dir (private, per boot) under a hash of every input.
+
+    Why: libseccomp takes about 18 ms to compile the default profile, on every run, for the
+    same result. The key covers the profile, the capabilities, the kernel version, the machine
+    and the libseccomp version. A cache that cannot be read or written is ignored.
+    """
+    import hashlib
+
+    lib = _libseccomp()
+    lib.seccomp_version.restype = ctypes.POINTER(_Version)
+    version = lib.seccomp_version().contents
+    inputs = [
+        profile,
+        sorted({c.upper().removeprefix("CAP_") for c in capabilities}),
+        _kernel_version(),
+        platform.machine(),
+        [version.major, version.minor, version.micro],
+    ]
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    path = cache_dir / f"{key}.bpf"
+    try:
+        st = os.lstat(path)
+        if st.st_uid == os.getuid() and st.st_size and st.st_size % 8 == 0:
+            return path.read_bytes()
+    except OSError:
+        pass
+    program = compile(profile, capabilities=capabilities)
+    try:  # written under a private name, then renamed: a reader sees all of it or nothing
+        temporary = cache_dir / f".{key}.{os.getpid()}"
+        temporary.write_bytes(program)
+        os.rename(temporary, path)
+    except OSError:
+        pass
+    return program
+
+
 def _add_rule(
     lib: ctypes.CDLL,
     ctx: int,
