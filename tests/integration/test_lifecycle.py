@@ -593,3 +593,39 @@ def test_exec_into_a_container_with_init(sandbox: Run, busybox_image: str) -> No
     out = _ok(sandbox("exec", "with-init", "sh", "-c", "cat /proc/2/cmdline | tr '\\0' ' '"))
     assert out.strip() == "sleep 1000"
     _ok(sandbox("rm", "-f", "with-init"))
+
+
+def test_restart_prune_and_pause_without_a_freezer(
+    fresh_sandbox_env: SandboxEnv, busybox_tarball: Path
+) -> None:
+    run = fresh_sandbox_env.run
+    _ok(run("image", "import", busybox_tarball, "bb"))
+    _ok(
+        run(
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            "again",
+            "bb",
+            "sh",
+            "-c",
+            "echo started; exec sleep 1000",
+        )
+    )
+    (before,) = _ps(run)
+    _ok(run("restart", "-t", "0", "again"))
+    (after,) = _ps(run)
+    assert after["State"] == "running" and after["Pid"] != before["Pid"]
+    _until(lambda: _ok(run("logs", "again")).count("started") == 2, "the second start")
+    # No cgroup v2 freezer on this host: a clear refusal, and the container keeps running.
+    paused = run("pause", "again")
+    assert paused.returncode == 125 and "freezer" in paused.stderr
+    assert _ps(run)[0]["State"] == "running"
+    _ok(run("run", "--network", "none", "--name", "done-1", "bb", "true"))
+    _ok(run("create", "--network", "none", "--name", "never-started", "bb", "true"))
+    pruned = _ok(run("container", "prune")).split()
+    assert len(pruned) == 2
+    assert [c["Names"] for c in _ps(run, "-a")] == [["again"]]
+    _ok(run("rm", "-f", "again"))
