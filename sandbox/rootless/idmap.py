@@ -108,8 +108,8 @@ def for_current_user(mode: str = "auto") -> IdMapping:
         return IdMapping(
             *single, single_reason="a single-id mapping was requested (userns: single)"
         )
-    subuids = read_subids(SUBUID, name, uid)
-    subgids = read_subids(SUBGID, name, uid)
+    subuids = read_subids(SUBUID, name, uid) or _from_getsubids(name, gids=False)
+    subgids = read_subids(SUBGID, name, uid) or _from_getsubids(name, gids=True)
     reason = None
     if not subuids:
         reason = (
@@ -131,6 +131,30 @@ def for_current_user(mode: str = "auto") -> IdMapping:
             raise HostError("cannot map subordinate ids", context=reason)
         return IdMapping(*single, single_reason=reason)
     return IdMapping(_ranges(uid, subuids), _ranges(gid, subgids))
+
+
+def _from_getsubids(user: str, *, gids: bool) -> list[tuple[int, int]]:
+    """Ranges from shadow's getsubids, which also asks the subid NSS source (LDAP, SSSD):
+    consulted only when /etc/subuid or /etc/subgid has nothing, so most runs spawn nothing."""
+    tool = shutil.which("getsubids")
+    if tool is None:
+        return []
+    try:
+        done = subprocess.run(
+            [tool, *(["-g"] if gids else []), user],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    ranges = []
+    for line in done.stdout.splitlines():  # "0: alice 100000 65536"
+        fields = line.split()
+        if len(fields) == 4 and fields[2].isdigit() and fields[3].isdigit():
+            ranges.append((int(fields[2]), int(fields[3])))
+    return ranges
 
 
 def _ranges(own: int, subids: list[tuple[int, int]]) -> tuple[IdRange, ...]:
