@@ -23,7 +23,7 @@ def _id_map(rows: tuple[tuple[int, int, int], ...]) -> str:
     )
 
 
-def render(report: Report) -> None:
+def render(report: Report, *, stderr: bool = False) -> None:
     from rich import box
     from rich.console import Console, Group
     from rich.panel import Panel
@@ -83,4 +83,4 @@ def render(report: Report) -> None:
         subtitle="read from /proc and cgroup files of the live container",
         expand=False,
     )
-    Console(highlight=False).print(panel)
+    Console(highlight=False, stderr=stderr).print(panel)

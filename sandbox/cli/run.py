@@ -32,6 +32,11 @@ def register(app: typer.Typer) -> None:
         detach: bool = typer.Option(
             False, "--detach", "-d", help="Run in the background; print the container id."
         ),
+        print_isolation: bool = typer.Option(
+            False,
+            "--print-isolation",
+            help="Once the command runs, draw what the container got (read from /proc) on stderr.",
+        ),
         restart: str = typer.Option(
             "no", "--restart", help="no, always, unless-stopped or on-failure[:N] (with -d)."
         ),
@@ -181,7 +186,21 @@ def register(app: typer.Typer) -> None:
             monitor.start(ContainerStore(settings.containers_root), spec, record)
             print(record.id)
             return
-        code = container.run(settings, options)
+        on_started = None
+        if print_isolation:
+            from sandbox.cli import isolation as draw
+            from sandbox.runtime import isolation
+            from sandbox.runtime.state import Container, ContainerStore
+
+            store = ContainerStore(settings.containers_root)
+
+            def on_started(record: Container) -> None:
+                from sandbox import codec
+
+                spec = codec.to_json(store.load_spec(record.id))
+                draw.render(isolation.read(record.id, record.name, record.pid, spec), stderr=True)
+
+        code = container.run(settings, options, on_started=on_started)
         raise typer.Exit(code)
 
     # `sandbox create` takes run's options and stops once the container exists.

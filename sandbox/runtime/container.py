@@ -175,12 +175,19 @@ def _cgroup_manager(
     return manager, enforced
 
 
-def run(settings: Settings, options: specs.RunOptions, *, warn: Warn = _stderr_warn) -> int:
-    """`sandbox run` in the foreground: create, start, wait, and exit with the command."""
+def run(
+    settings: Settings,
+    options: specs.RunOptions,
+    *,
+    warn: Warn = _stderr_warn,
+    on_started: Callable[[Container], None] | None = None,
+) -> int:
+    """`sandbox run` in the foreground: create, start, wait, and exit with the command.
+    on_started is called once the command runs (--print-isolation)."""
     spec, record = create(settings, options, warn=warn)
     store = ContainerStore(settings.containers_root)
     try:
-        return _start_and_wait(spec, store, record)
+        return _start_and_wait(spec, store, record, on_started=on_started)
     finally:
         if options.remove:
             remove_files(store, record, spec.mapping)

@@ -155,3 +155,21 @@ def test_inspect_unknown_and_bad_template(sandbox_env: SandboxEnv) -> None:
     assert missing.returncode == 125
     assert "no container or image" in missing.stderr and "Hint:" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_run_print_isolation_draws_the_report_on_stderr(sandbox: Any, busybox_image: str) -> None:
+    done = sandbox(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--print-isolation",
+        busybox_image,
+        "sh",
+        "-c",
+        "sleep 1; echo out",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "out\n"
+    for word in ("namespace", "uid map", "caps effective", "00000000800405fb", "seccomp"):
+        assert word in done.stderr, done.stderr
