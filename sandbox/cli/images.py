@@ -122,6 +122,12 @@ def remove_images(images: list[str], force: bool) -> None:
         raise typer.Exit(failed)
 
 
+def _alias_help(group: typer.Typer, name: str) -> str:
+    """A top-level alias shows the same help (examples included) as `sandbox image NAME`."""
+    info = next(c for c in group.registered_commands if c.name == name)
+    return f"{info.help}\n\nSame as 'sandbox image {name}'."
+
+
 def register(app: typer.Typer) -> None:
     image = typer.Typer(
         name="image", help="Manage local images.", no_args_is_help=True, rich_markup_mode=None
@@ -187,9 +193,9 @@ def register(app: typer.Typer) -> None:
 
     _register_registry_commands(app, image)
     app.add_typer(image, name="image")
-    app.command("images", help="List images (same as 'sandbox image ls').")(ls)
-    app.command("rmi", help="Remove images (same as 'sandbox image rm').")(rm)
-    app.command("tag", help="Add names to an image (same as 'sandbox image tag').")(tag)
+    app.command("images", help=_alias_help(image, "ls"))(ls)
+    app.command("rmi", help=_alias_help(image, "rm"))(rm)
+    app.command("tag", help=_alias_help(image, "tag"))(tag)
 
 
 def _register_registry_commands(app: typer.Typer, image: typer.Typer) -> None:
@@ -272,7 +278,8 @@ def _register_registry_commands(app: typer.Typer, image: typer.Typer) -> None:
     @image.command(
         "prune",
         help="Remove images without a name (-a: every image no container uses) and "
-        "what killed pulls left behind.",
+        "what killed pulls left behind.\n\nExamples:\n\n  sandbox image prune\n\n"
+        "  sandbox image prune -a",
     )
     def prune(
         all_: bool = typer.Option(False, "--all", "-a", help="Also images that have names."),
@@ -364,7 +371,11 @@ def _register_registry_commands(app: typer.Typer, image: typer.Typer) -> None:
         auth.store(registry, credentials)
         print("Login Succeeded!")
 
-    @app.command("logout", help="Forget the credentials stored for a registry.")
+    @app.command(
+        "logout",
+        help="Forget the credentials stored for a registry.\n\nExamples:\n\n"
+        "  sandbox logout ghcr.io",
+    )
     def logout(registry: str = typer.Argument(..., help="REGISTRY[:PORT]")) -> None:
         from sandbox.errors import UsageError
         from sandbox.images import auth
@@ -379,4 +390,4 @@ def _register_registry_commands(app: typer.Typer, image: typer.Typer) -> None:
         ("save", save),
         ("load", load),
     ):
-        app.command(command, help=f"Same as 'sandbox image {command}'.")(function)
+        app.command(command, help=_alias_help(image, command))(function)

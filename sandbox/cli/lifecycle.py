@@ -197,7 +197,11 @@ def register(app: typer.Typer) -> None:
             [tuple(map(str, row)) for row in rows],
         )
 
-    @container_app.command("prune", help="Remove every container that is not running.")
+    @container_app.command(
+        "prune",
+        help="Remove every container that is not running.\n\nExamples:\n\n"
+        "  sandbox container prune",
+    )
     def prune() -> None:
         from sandbox import config
         from sandbox.runtime import lifecycle
@@ -205,7 +209,10 @@ def register(app: typer.Typer) -> None:
         for c in lifecycle.prune(config.load()):
             print(c.id)
 
-    @app.command("pause", help="Pause containers (needs the cgroup v2 freezer).")
+    @app.command(
+        "pause",
+        help="Pause containers (needs the cgroup v2 freezer).\n\nExamples:\n\n  sandbox pause web",
+    )
     def pause(containers: list[str] = typer.Argument(..., help="Names or ids.")) -> None:
         from sandbox import config
         from sandbox.runtime import lifecycle
@@ -213,7 +220,7 @@ def register(app: typer.Typer) -> None:
         settings = config.load()
         _each(containers, lambda n: print(lifecycle.freeze(settings, n, True).name))
 
-    @app.command("unpause", help="Resume paused containers.")
+    @app.command("unpause", help="Resume paused containers.\n\nExamples:\n\n  sandbox unpause web")
     def unpause(containers: list[str] = typer.Argument(..., help="Names or ids.")) -> None:
         from sandbox import config
         from sandbox.runtime import lifecycle

@@ -13,13 +13,19 @@ def register(app: typer.Typer) -> None:
         no_args_is_help=True,
     )
 
-    @group.command("create", help="Create a named volume (run -v NAME:/path also creates it).")
+    @group.command(
+        "create",
+        help="Create a named volume (run -v NAME:/path also creates it).\n\nExamples:\n\n"
+        "  sandbox volume create cache",
+    )
     def create(name: str = typer.Argument(..., help="Volume name.")) -> None:
         from sandbox import config, volumes
 
         print(volumes.create(config.load().data_root, name, exist_ok=False).name)
 
-    @group.command("ls", help="List named volumes.")
+    @group.command(
+        "ls", help="List named volumes.\n\nExamples:\n\n  sandbox volume ls --format json"
+    )
     def ls(
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Only names."),
         fmt: str = typer.Option(None, "--format", help="json"),
@@ -36,7 +42,10 @@ def register(app: typer.Typer) -> None:
         else:
             render.table(("DRIVER", "VOLUME NAME"), [("local", v.name) for v in found])
 
-    @group.command("rm", help="Remove named volumes and their contents.")
+    @group.command(
+        "rm",
+        help="Remove named volumes and their contents.\n\nExamples:\n\n  sandbox volume rm cache",
+    )
     def rm(names: list[str] = typer.Argument(..., help="Volume names.")) -> None:
         from sandbox import config, volumes
         from sandbox.runtime.container import mapping_for
