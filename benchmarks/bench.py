@@ -678,9 +678,7 @@ def main() -> int:
     if os.geteuid() == 0:
         return handover(sys.argv[1:])
     only = {s.strip() for s in args.only.split(",")}
-    if not os.access(REPO / "sandbox" / "__pycache__", os.W_OK) and not os.access(
-        REPO / "sandbox", os.W_OK
-    ):
+    if not (REPO / "sandbox" / "__pycache__").is_dir() and not os.access(REPO / "sandbox", os.W_OK):
         print("note: sandbox's bytecode cannot be written here; run as root or compileall first")
     work: Path = args.work
     started = time.monotonic()
