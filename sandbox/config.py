@@ -21,7 +21,7 @@ from sandbox.errors import ConfigError, HostError
 SYSTEM_CONFIG = Path("/etc/sandbox/config.yaml")
 
 STORAGE_DRIVERS = ("auto", "overlay", "vfs")
-USERNS_MODES = ("auto", "subids", "single")
+USERNS_MODES = ("auto", "subids", "single", "keep-id")
 CGROUPS_MODES = ("enabled", "disabled")
 CGROUP_MANAGERS = ("auto", "systemd", "cgroupfs", "disabled")
 NETWORK_MODES = ("auto", "slirp4netns", "pasta", "host", "none")

@@ -6,7 +6,9 @@ entered with an exec'd shell or command. Its root is an overlay, so everything y
 its upper directory; a snapshot is a copy of that directory (made inside the user namespace,
 so owners, modes, whiteouts and overlay xattrs survive) under
 $XDG_DATA_HOME/sandbox/dev/NAME/snapshots/TAG, and a rollback puts a copy back while the
-environment is stopped. The home directory (/root) is the named volume dev-NAME-home, which
+environment is stopped. It runs with --userns=keep-id: you are yourself inside (your uid, gid,
+name and home, runtime/keepid.py), so files you create in the mounted project are yours on the
+host. The home directory (your host home's path) is the named volume dev-NAME-home, which
 survives `sandbox dev rm` unless removed with `sandbox volume rm`.
 """
 
@@ -94,7 +96,10 @@ def ensure_running(
             f"no image for dev environment {name}",
             hint="give --image IMAGE, or run it where a sandbox.yaml names one",
         )
-    volumes: tuple[str, ...] = (f"{container_name(name)}-home:/root",)
+    from sandbox.runtime.keepid import host_identity
+
+    home = host_identity().home
+    volumes: tuple[str, ...] = (f"{container_name(name)}-home:{home}",) if home != "/" else ()
     env: tuple[str, ...] = ()
     workdir = None
     if project is not None:
@@ -111,6 +116,7 @@ def ensure_running(
         workdir=workdir,
         network=project.network if project else None,
         detach=True,
+        userns="keep-id",
     )
     spec, record = engine.create(settings, options)
     if spec.root.kind != "overlay":

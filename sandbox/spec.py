@@ -327,7 +327,14 @@ def build(
         )
     hostname = options.hostname or container_id[:12]
     parse_restart(options.restart)
-    workdir = options.workdir or image_config.get("WorkingDir") or "/"
+    keep_id = None
+    if options.userns == "keep-id":
+        from sandbox.runtime.keepid import host_identity
+
+        keep_id = host_identity()
+    workdir = (
+        options.workdir or image_config.get("WorkingDir") or (keep_id.home if keep_id else "/")
+    )
     if not str(workdir).startswith("/"):
         raise UsageError(f"invalid working directory {workdir!r}: it must be absolute")
     env_from_files: list[str] = []
@@ -342,6 +349,8 @@ def build(
         cli_env,
     )
     user = options.user or image_config.get("User") or "0"
+    if keep_id is not None and options.user is None:
+        user = f"{keep_id.uid}:{keep_id.gid}"  # keep-id: the user, not the image's User
     mounts = list(default_mounts())
     if cgroup_mount:
         mounts.append(Mount("/sys/fs/cgroup", "cgroup2", "cgroup2", _CGROUP_OPTIONS))
@@ -357,7 +366,8 @@ def build(
                 f"two mounts on {m.destination}", hint="give each -v/--tmpfs its own container path"
             )
         seen.add(m.destination)
-    etc_files = tuple((f"/etc/{n}", etc_dir / n) for n in ("hostname", "hosts", "resolv.conf"))
+    etc_names = ("hostname", "hosts", "resolv.conf") + (("passwd", "group") if keep_id else ())
+    etc_files = tuple((f"/etc/{n}", etc_dir / n) for n in etc_names)
     net = build_network(
         options.network,
         options.publish,

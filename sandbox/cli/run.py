@@ -57,7 +57,9 @@ def register(app: typer.Typer) -> None:
             False, "--rootfs", help="IMAGE is a root filesystem directory."
         ),
         userns: str = typer.Option(
-            None, "--userns", help="auto, subids, or single (map only your own id)."
+            None,
+            "--userns",
+            help="auto, subids, single (map only your own id), or keep-id (your uid inside).",
         ),
         network: str = typer.Option(
             None,

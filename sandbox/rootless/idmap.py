@@ -101,7 +101,11 @@ def for_current_user(mode: str = "auto") -> IdMapping:
 
     mode "subids" requires subordinate ranges, "single" maps only the user's own ids, "auto"
     uses the ranges when they and newuidmap/newgidmap exist and falls back to single otherwise.
+    "keep-id" is "subids" here: this is the storage's mapping (layers are unpacked with it);
+    keep_id() derives a keep-id container's mapping from it.
     """
+    if mode == "keep-id":
+        mode = "subids"
     name, uid, gid = current_user()
     single = (IdRange(0, uid, 1),), (IdRange(0, gid, 1),)
     if mode == "single":
@@ -155,6 +159,35 @@ def _from_getsubids(user: str, *, gids: bool) -> list[tuple[int, int]]:
         if len(fields) == 4 and fields[2].isdigit() and fields[3].isdigit():
             ranges.append((int(fields[2]), int(fields[3])))
     return ranges
+
+
+def keep_id(base: IdMapping) -> IdMapping:
+    """podman's --userns=keep-id: the user's own uid/gid are the same ids inside.
+
+    Container ids 0..uid-1 map to the first subordinate ids, uid to the user's host uid, and
+    uid+1.. to the rest of the subordinate ranges: the same host ids as base, in another order.
+    """
+    if base.single:
+        raise HostError(
+            "--userns=keep-id needs subordinate ids", context=base.single_reason or ""
+        )
+    _name, uid, gid = current_user()
+    return IdMapping(_keep(base.uids, uid), _keep(base.gids, gid))
+
+
+def _keep(ranges: tuple[IdRange, ...], own: int) -> tuple[IdRange, ...]:
+    kept = [IdRange(own, own, 1)]
+    inside = 0
+    # The base mapping is (0 -> own, 1) followed by the subordinate ranges.
+    for r in (r for r in ranges if r.inside > 0):
+        outside, left = r.outside, r.size
+        while left:
+            if inside == own:
+                inside += 1  # the user's own id is taken by the user
+            size = left if inside > own else min(left, own - inside)
+            kept.append(IdRange(inside, outside, size))
+            inside, outside, left = inside + size, outside + size, left - size
+    return tuple(sorted(kept, key=lambda r: r.inside))
 
 
 def _ranges(own: int, subids: list[tuple[int, int]]) -> tuple[IdRange, ...]:

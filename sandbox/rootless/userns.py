@@ -71,6 +71,7 @@ def _child(
     mapping: IdMapping, target: Target, channel: Channel, flags: int, pdeathsig: int
 ) -> None:  # pragma: no cover - runs in the child
     code = 125
+    host_uid = os.getuid()
     try:
         # Die with the parent: a container must not outlive the process that answers for it.
         syscalls.prctl(syscalls.PR_SET_PDEATHSIG, pdeathsig)
@@ -90,6 +91,11 @@ def _child(
         # the effective ids; this also sets the real and saved ones, and drops no caps).
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
+        if mapping.host_uid(0) != host_uid:
+            # keep-id: root here is not our host uid, and the kernel made us non-dumpable for
+            # the id change, which would shut the user (the namespace's owner) out of our
+            # /proc/PID/ns files: the network helper joins PID 1's through them.
+            syscalls.prctl(syscalls.PR_SET_DUMPABLE, 1)
         if not mapping.single:
             os.setgroups([])
         code = target(channel)

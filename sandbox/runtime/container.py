@@ -61,7 +61,11 @@ def create(
 ) -> tuple[specs.ContainerSpec, Container]:
     """`sandbox create`: validate everything, then reserve the name and write the container's
     directory, its /etc files and its spec. Nothing is created when validation fails."""
+    if options.userns is None and settings.userns == "keep-id":
+        options = dataclasses.replace(options, userns="keep-id")
+    # The storage's mapping (layers are unpacked with it); keep-id reorders it for the container.
     mapping = mapping_for(settings, options.userns, warn)
+    ctr_mapping = idmap.keep_id(mapping) if options.userns == "keep-id" else mapping
     store = ContainerStore(settings.containers_root)
     if options.name is not None:
         specs.validate_name(options.name)
@@ -115,7 +119,7 @@ def create(
         image_config=image_config,
         image_id=image_id,
         root=root,
-        mapping=mapping,
+        mapping=ctr_mapping,
         etc_dir=cdir / "etc",
         cgroup_mount=manager.name != "disabled",
         volumes_root=volumes.root(settings.data_root),
@@ -209,6 +213,14 @@ def _prepare_dirs(spec: specs.ContainerSpec) -> None:
     }
     for name, text in files.items():
         (etc / name).write_text(text)
+    if any(destination == "/etc/passwd" for destination, _ in spec.etc_files):
+        from sandbox.runtime import keepid
+
+        # The image's files as the container will see them: the top-most layer first.
+        layers = [Path("/")] if root.kind == "host" else [*reversed(root.lowers)]
+        if root.kind == "dir":
+            layers = [root.path]
+        keepid.write(etc, layers, keepid.host_identity())
 
 
 class _SignalForwarder:

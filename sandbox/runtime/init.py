@@ -286,6 +286,8 @@ def _exec(spec: ContainerSpec, channel: Channel, slave: int | None, user: users.
         os.chdir(process.cwd)
     except FileNotFoundError:
         os.makedirs(process.cwd, exist_ok=True)
+        if process.cwd == user.home:
+            os.chown(process.cwd, user.uid, user.gid)  # a missing home is made for its user
         os.chdir(process.cwd)
     # Order matters: rlimits and the bounding set need our capabilities; the user switch
     # keeps them (PR_SET_KEEPCAPS) for capset; seccomp comes last, so none of this setup has
