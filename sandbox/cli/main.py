@@ -89,9 +89,9 @@ def _register() -> None:
     from sandbox.cli import stats
 
     stats.register(app)
-    from sandbox.cli import dev, job, kube, oci, volume
+    from sandbox.cli import dev, job, kube, volume
 
-    for module in (job, volume, dev, oci, kube):
+    for module in (job, volume, dev, kube):
         module.register(app)
 
 
