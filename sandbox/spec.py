@@ -94,6 +94,7 @@ class RunOptions:
     privileged: bool = False
     security_opt: tuple[str, ...] = ()  # seccomp=..., no-new-privileges, mask=, unmask=
     ulimits: tuple[str, ...] = ()  # NAME=SOFT[:HARD]
+    bundle: str | None = None  # --bundle DIR: an OCI bundle instead of image (sandbox/oci/)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +149,16 @@ class ContainerSpec:
     resources: Resources = NO_LIMITS
     # Capabilities, seccomp (with its compiled filter), no_new_privs, masked paths, rlimits.
     security: Security = DEFAULT_SECURITY
+    # From an OCI config.json (sandbox/oci/spec.py): sysctls PID 1 writes (before /proc/sys is
+    # made read-only), namespaces joined by path instead of created (OCI type name, path),
+    # the process's oom_score_adj and supplementary groups beyond /etc/group's.
+    sysctl: tuple[tuple[str, str], ...] = ()
+    namespace_paths: tuple[tuple[str, str], ...] = ()
+    oom_score_adj: int | None = None
+    additional_gids: tuple[int, ...] = ()
+    # sandbox-runtime: PID 1 waits for `start` by opening this FIFO for writing (runc's
+    # exec.fifo) instead of the parent's "start" message, and lives on without PDEATHSIG.
+    start_fifo: str | None = None
 
 
 def _adds_net_admin(cap_add: Sequence[str]) -> bool:

@@ -232,6 +232,10 @@ def register(app: typer.Typer) -> None:
                 try:
                     c = store.lookup(name)
                     item = container_json(c, _spec(store, c.id))
+                    if "OCIConfig" in format_:  # config.json is large: only when asked for
+                        from sandbox.oci import spec as oci
+
+                        item["OCIConfig"] = oci.stored(store.dir(c.id))
                 except ContainerNotFound:
                     if type_ == "container":
                         raise

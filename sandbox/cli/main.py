@@ -89,9 +89,9 @@ def _register() -> None:
     from sandbox.cli import stats
 
     stats.register(app)
-    from sandbox.cli import dev, job, kube, volume
+    from sandbox.cli import dev, job, kube, oci, volume
 
-    for module in (job, volume, dev, kube):
+    for module in (job, volume, dev, oci, kube):
         module.register(app)
 
 

@@ -26,7 +26,9 @@ def register(app: typer.Typer) -> None:
     )
     def run(
         ctx: typer.Context,
-        image: str = typer.Argument(..., help="Image name or id (with --rootfs: a directory)."),
+        image: str = typer.Argument(
+            None, help="Image name or id (with --rootfs: a directory; not with --bundle)."
+        ),
         command: list[str] = typer.Argument(None, help="Command and arguments."),
         remove: bool = typer.Option(False, "--rm", help="Remove the container when it exits."),
         detach: bool = typer.Option(
@@ -55,6 +57,9 @@ def register(app: typer.Typer) -> None:
         init: bool = typer.Option(False, "--init", help="Run a reaper as PID 1."),
         rootfs: bool = typer.Option(
             False, "--rootfs", help="IMAGE is a root filesystem directory."
+        ),
+        bundle: str = typer.Option(
+            None, "--bundle", help="Run the OCI bundle in DIR (config.json + its rootfs)."
         ),
         userns: str = typer.Option(
             None,
@@ -127,8 +132,17 @@ def register(app: typer.Typer) -> None:
             raise UsageError(
                 f"invalid --userns {userns!r}", hint=f"use one of: {', '.join(config.USERNS_MODES)}"
             )
+        if (image is None) == (bundle is None):
+            from sandbox.errors import UsageError
+
+            raise UsageError(
+                "give an IMAGE, or --bundle DIR" if image is None else
+                "--bundle runs the bundle's own config.json: give no IMAGE or command",
+                hint="sandbox run busybox echo hi, or sandbox run --bundle ./bundle",
+            )
         options = RunOptions(
-            image=image,
+            image=image or bundle,
+            bundle=bundle,
             command=tuple(command or ()),
             remove=remove,
             interactive=interactive,

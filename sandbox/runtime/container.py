@@ -61,6 +61,10 @@ def create(
 ) -> tuple[specs.ContainerSpec, Container]:
     """`sandbox create`: validate everything, then reserve the name and write the container's
     directory, its /etc files and its spec. Nothing is created when validation fails."""
+    if options.bundle is not None:  # an OCI bundle runs as it stands (sandbox/oci/bundle.py)
+        from sandbox.oci import bundle
+
+        return bundle.create(settings, options, warn)
     if options.userns is None and settings.userns == "keep-id":
         options = dataclasses.replace(options, userns="keep-id")
     # The storage's mapping (layers are unpacked with it); keep-id reorders it for the container.
@@ -153,6 +157,11 @@ def create(
     try:
         _prepare_dirs(spec)
         store.save_spec(spec)
+        # The same container as an OCI runtime spec (sandbox/oci/spec.py), for inspect and
+        # `sandbox oci spec --from`.
+        from sandbox.oci import spec as oci
+
+        oci.save(store.dir(spec.id), spec)
     except BaseException:
         remove_files(store, record, mapping)
         raise
@@ -204,6 +213,8 @@ def _prepare_dirs(spec: specs.ContainerSpec) -> None:
             path.mkdir(mode=0o755)
     if root.kind in ("overlay", "host"):
         root.path.mkdir(mode=0o755)
+    if not spec.etc_files:  # an OCI bundle brings its own /etc
+        return
     etc = spec.etc_files[0][1].parent
     etc.mkdir(mode=0o755)
     files = {

@@ -78,6 +78,9 @@ def intermediate(spec: ContainerSpec, channel: Channel) -> int:
     # namespace unshared below takes the cgroup we are in as its root (/proc/self/cgroup 0::/).
     channel.expect("cgroup")
     flags = namespace_flags(spec.namespaces)
+    # OCI namespaces with a path are joined, before the others are created (as runc does).
+    for name, path in spec.namespace_paths:
+        join_namespace(name, path)
     try:
         try:
             syscalls.unshare(flags | syscalls.CLONE_NEWTIME)
@@ -92,12 +95,31 @@ def intermediate(spec: ContainerSpec, channel: Channel) -> int:
     return 0
 
 
+def join_namespace(name: str, path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ContainerError(f"cannot open the {name} namespace {path}", context=e.strerror) from e
+    try:
+        syscalls.setns(fd, NAMESPACE_FLAGS[name])
+    except OSError as e:
+        raise ContainerError(f"cannot join the {name} namespace {path}", context=e.strerror) from e
+    finally:
+        os.close(fd)
+
+
 def pid1(spec: ContainerSpec, channel: Channel) -> NoReturn:
     try:
         _close_fds_except({0, 1, 2, channel.fileno()})
         channel.expect("reparented")
-        # Our parent is now sandbox itself: die with it rather than run unsupervised.
-        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+        # Before pivot_root, while the runtime's state directory is reachable by its path.
+        fifo = None
+        if spec.start_fifo is not None:
+            fifo = os.open(spec.start_fifo, os.O_PATH | os.O_CLOEXEC)
+        if spec.start_fifo is None:
+            # Our parent is now sandbox itself: die with it rather than run unsupervised.
+            # (sandbox-runtime: `create` exits and PID 1 passes to conmon, a subreaper.)
+            syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
         # A session of our own: the caller's terminal signals (^C, ^Z) reach sandbox, which
         # forwards them, not the container's processes directly.
         os.setsid()
@@ -107,6 +129,8 @@ def pid1(spec: ContainerSpec, channel: Channel) -> NoReturn:
         user = _resolve_user(spec)
         channel.send("ready")
         channel.expect("start")
+        if fifo is not None:
+            channel = _wait_start_fifo(fifo, channel)
         if spec.init:
             _reaper(spec, channel, slave, user)
         _exec(spec, channel, slave, user)
@@ -114,6 +138,65 @@ def pid1(spec: ContainerSpec, channel: Channel) -> NoReturn:
         channel.send_error(error)
         code = getattr(error, "exit_code", ExitCode.ENGINE)
         os._exit(int(code))
+
+
+class _StderrReport(Channel):
+    """After the FIFO wait nobody listens on the channel: failures go to stderr (conmon's log)."""
+
+    def __init__(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        pass
+
+    def send_error(self, error: BaseException) -> None:
+        with contextlib.suppress(OSError):
+            os.write(2, f"sandbox-runtime: {error}\n".encode())
+
+
+def _wait_start_fifo(fifo: int, channel: Channel) -> Channel:
+    """`create` is done once we close the channel; block until `start` opens the FIFO.
+
+    fifo is an O_PATH fd opened before pivot_root; its magic link still reaches the FIFO.
+    """
+    channel.close()
+    # Opening for writing blocks until a reader (`start`) opens it: that is the start signal.
+    fd = os.open(mounts.fd_path(fifo), os.O_WRONLY | os.O_CLOEXEC)
+    os.close(fifo)
+    os.write(fd, b"0")
+    os.close(fd)
+    return _StderrReport()
+
+
+def _write_sysctls(spec: ContainerSpec) -> None:
+    # Namespaced sysctls follow the namespaces of the process that opens the file (we are in
+    # the container's), and the host's /proc cannot be an image's planted symlink.
+    for key, value in spec.sysctl:
+        if ".." in key.split(".") or "/" in key:
+            raise ContainerError(f"invalid sysctl name {key!r} (linux.sysctl)")
+        path = os.path.join("/proc/sys", *key.split("."))
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except OSError as e:
+            raise ContainerError(
+                f"cannot set sysctl {key} (linux.sysctl)",
+                context=e.strerror,
+                hint="a rootless container can set only namespaced sysctls (net.*, kernel.shm*)",
+            ) from e
+    if spec.oom_score_adj is not None:
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(spec.oom_score_adj))
+        except OSError as e:
+            raise ContainerError(
+                f"cannot set oom_score_adj to {spec.oom_score_adj} (process.oomScoreAdj)",
+                context=e.strerror,
+                hint="without privileges it can be raised, not lowered below the current value",
+            ) from e
 
 
 def setup_root(spec: ContainerSpec, channel: Channel) -> int | None:
@@ -141,6 +224,7 @@ def setup_root(spec: ContainerSpec, channel: Channel) -> int | None:
                 "/proc/sys/net/ipv4/ping_group_range", "w"
             ) as f:
                 f.write("0 0")
+        _write_sysctls(spec)
         security.mask_paths(root_fd, spec.security)
     finally:
         os.close(root_fd)
@@ -310,7 +394,7 @@ def _exec(spec: ContainerSpec, channel: Channel, slave: int | None, user: users.
 def _set_user(spec: ContainerSpec, user: users.User) -> None:
     try:
         if not spec.mapping.single:
-            os.setgroups(list(user.groups))
+            os.setgroups(list(dict.fromkeys(user.groups + spec.additional_gids)))
         os.setresgid(user.gid, user.gid, user.gid)
         os.setresuid(user.uid, user.uid, user.uid)
     except OSError as e:
