@@ -88,6 +88,7 @@ class Bench:
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def skip(self, scenario: str, reason: str) -> None:
+        reason = " ".join(reason.split())  # one line in the report
         print(f"  skipped: {reason}", flush=True)
         self.skipped.append((scenario, reason))
 
@@ -656,8 +657,11 @@ def handover(args: list[str]) -> int:
     argv += [str(Path(__file__).resolve()), *args, "--results", str(results)]
     print(f"running as {user}: {' '.join(argv)}", flush=True)
     code = subprocess.run(argv, cwd="/").returncode
-    if code == 0 and results.exists() and BEGIN in results.read_text():
-        shutil.copyfile(results, DOC)
+    text = results.read_text() if results.exists() else ""
+    if code == 0 and BEGIN in text and END in text:
+        # Only the block: the rest of the doc may have been edited while the bench ran.
+        block = BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END
+        write_results(DOC, block)
         print(f"results written to {DOC}")
     shutil.rmtree(results.parent, ignore_errors=True)
     return code
