@@ -5,8 +5,9 @@
 # cached under /var/cache/sandbox-tests/vm/KEY, KEY a hash of the package list, the wheel list
 # and this script, so changing any of them builds a new image. The VM has systemd, a lingering
 # test user (uid 1001, subordinate ids) whose user manager gets cgroup v2 controllers delegated,
-# and a oneshot unit that runs /mnt/host/tests/vm/inside.sh from the host's tree (virtio-9p,
-# tag "host") and powers off. PyPI is reachable from the host only: the Python dependencies go
+# and a oneshot unit that runs /mnt/host/tests/vm/inside.sh from the host's tree and powers off.
+# Debian's cloud kernel has no 9p, so the tree comes in as a second disk (ext4 labelled sbhost,
+# made with mke2fs -d by the host test) and the results go out as a tar on a third (/dev/vdc). PyPI is reachable from the host only: the Python dependencies go
 # in as a wheelhouse built here.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -50,7 +51,7 @@ touch "$root/var/lib/systemd/linger/sbtest"
 mkdir -p "$root/etc/systemd/system/user@.service.d"
 printf '[Service]\nDelegate=cpu cpuset io memory pids\n' \
     >"$root/etc/systemd/system/user@.service.d/delegate.conf"
-printf 'host /mnt/host 9p trans=virtio,version=9p2000.L,msize=262144 0 0\n' >"$root/etc/fstab"
+printf 'LABEL=sbhost /mnt/host ext4 ro,nofail 0 0\n' >"$root/etc/fstab"
 mkdir -p "$root/mnt/host"
 cat >"$root/etc/systemd/system/sandbox-tests.service" <<'UNIT'
 [Unit]
@@ -67,13 +68,11 @@ StandardOutput=journal+console
 StandardError=journal+console
 TimeoutStartSec=1200
 UNIT
-chroot "$root" systemctl enable sandbox-tests.service >/dev/null 2>&1 \
-    || ln -sf /etc/systemd/system/sandbox-tests.service \
-        "$root/etc/systemd/system/multi-user.target.wants/sandbox-tests.service"
+# The unit has no [Install] section; the host also names it on the kernel command line.
+ln -sf /etc/systemd/system/sandbox-tests.service \
+    "$root/etc/systemd/system/multi-user.target.wants/sandbox-tests.service"
 chroot "$root" systemctl mask getty@tty1.service serial-getty@ttyS0.service \
     systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer >/dev/null 2>&1 || true
-# 9p and virtio modules in the initramfs are not needed (the root is virtio-blk, built in
-# the cloud kernel); 9p is loaded from the root by systemd's mount.
 step "the Python wheelhouse and a venv inside the guest"
 mkdir -p "$root/opt/wheels"
 python3 -m pip download -q -d "$root/opt/wheels" "${wheels[@]}" >&2
@@ -90,5 +89,7 @@ chmod -R a+rX "$tmp/out"
 mkdir -p "$cache"
 rm -rf "$out"
 mv "$tmp/out" "$out"
+# Images of older package lists or scripts are never used again.
+find "$cache" -mindepth 1 -maxdepth 1 -type d ! -name "$key" -exec rm -rf {} +
 step "VM image: $out ($(du -sh "$out" | cut -f1))"
 echo "$out"

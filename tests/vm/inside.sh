@@ -1,11 +1,10 @@
 #!/bin/bash
 # Runs inside the VM (sandbox-tests.service, as root): waits for the test user's systemd
-# manager, runs tests/vm/inside as that user with its user bus, and leaves the JUnit report
-# and the exit status in /mnt/results (virtio-9p, tag "results") for the host.
+# manager, runs tests/vm/inside as that user with its user bus, and writes the JUnit report
+# and the exit status as a tar onto the third disk (/dev/vdc) for the host.
 set -u
 uid=1001
-mkdir -p /mnt/results
-mount -t 9p -o trans=virtio,version=9p2000.L results /mnt/results || true
+mkdir -p /tmp/results
 for _ in $(seq 300); do [[ -S /run/user/$uid/bus ]] && break; sleep 1; done
 echo "SANDBOX-VM: user bus $(ls -l /run/user/$uid/bus 2>&1)"
 echo "SANDBOX-VM: delegated $(cat /sys/fs/cgroup/user.slice/user-$uid.slice/user@$uid.service/cgroup.controllers 2>&1)"
@@ -17,7 +16,7 @@ runuser -u sbtest -- env -i HOME=/home/sbtest USER=sbtest LOGNAME=sbtest \
     /opt/venv/bin/python -m pytest -p no:cacheprovider -rA -q --rootdir=/mnt/host \
     --junitxml=/tmp/junit.xml /mnt/host/tests/vm/inside 2>&1
 status=$?
-cp /tmp/junit.xml /mnt/results/junit.xml 2>/dev/null
-echo "$status" >/mnt/results/status
-sync
+cp /tmp/junit.xml /tmp/results/junit.xml 2>/dev/null
+echo "$status" >/tmp/results/status
+tar -C /tmp/results -cf /dev/vdc . && sync
 echo "SANDBOX-VM-EXIT $status"

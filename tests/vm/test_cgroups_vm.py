@@ -3,9 +3,10 @@
 scripts/vm-image.sh (run as root by scripts/test.sh) builds a Debian bookworm image with
 systemd, a lingering test user whose user manager has cpu, cpuset, io, memory and pids
 delegated, and a oneshot unit that runs tests/vm/inside.sh. Here we boot it once per session
-with qemu (TCG: KVM hangs on these machines), share this tree read-only and a results directory
-over virtio-9p, and read back the JUnit report. SANDBOX_TEST_VM_IMAGE names the image
-directory; without it the tests skip, or fail where CI requires the "vm" feature.
+with qemu (TCG: KVM hangs on these machines). Debian's cloud kernel has no 9p, so this tree goes
+in as a second disk (ext4 labelled sbhost, made with mke2fs -d: no root needed) and the JUnit
+report comes back as a tar the guest writes onto a third, raw disk. SANDBOX_TEST_VM_IMAGE names
+the image directory; without it the tests skip, or fail where CI requires the "vm" feature.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import tarfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -50,8 +52,23 @@ def vm_image() -> Path:
 def vm_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     image = vm_image()
     work = tmp_path_factory.mktemp("vm")
-    results = work / "results"
-    results.mkdir()
+    tree = work / "tree"
+    ignore = shutil.ignore_patterns("__pycache__", ".venv", ".nox", ".git", "*.egg-info")
+    for part in ("sandbox", "tests", "pyproject.toml"):
+        source = helpers.REPO / part
+        if source.is_dir():
+            shutil.copytree(source, tree / part, ignore=ignore)
+        else:
+            shutil.copy2(source, tree / part)
+    host_disk = work / "host.img"
+    mke2fs = shutil.which("mke2fs") or "/usr/sbin/mke2fs"
+    subprocess.run(
+        [mke2fs, "-q", "-t", "ext4", "-L", "sbhost", "-d", str(tree), str(host_disk), "256M"],
+        check=True,
+    )
+    results_disk = work / "results.img"
+    with results_disk.open("wb") as f:
+        f.truncate(64 << 20)
     # A private copy-on-write overlay: the cached image stays pristine.
     disk = work / "disk.qcow2"
     subprocess.run(
@@ -86,11 +103,12 @@ def vm_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "-drive",
         f"file={disk},format=qcow2,if=virtio",
         "-append",
-        "root=/dev/vda rw console=ttyS0 systemd.unified_cgroup_hierarchy=1 quiet",
-        "-virtfs",
-        f"local,path={helpers.REPO},mount_tag=host,security_model=none,readonly=on",
-        "-virtfs",
-        f"local,path={results},mount_tag=results,security_model=none",
+        "root=/dev/vda rw console=ttyS0 systemd.unified_cgroup_hierarchy=1 systemd.show_status=1"
+        " systemd.wants=sandbox-tests.service",
+        "-drive",
+        f"file={host_disk},format=raw,if=virtio,readonly=on",
+        "-drive",
+        f"file={results_disk},format=raw,if=virtio",
         "-serial",
         f"file:{console}",
         "-monitor",
@@ -108,6 +126,15 @@ def vm_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             stderr=subprocess.DEVNULL,
         )
     log = console.read_text(errors="replace") if console.exists() else ""
+    results = work / "results"
+    results.mkdir()
+    with contextlib.suppress(tarfile.TarError, OSError), tarfile.open(results_disk) as tar:
+        # The guest is not trusted with our file system: no links out, no odd modes.
+        members = [m for m in tar.getmembers() if m.isfile() and "/" not in m.name.lstrip("./")]
+        for member in members:
+            data = tar.extractfile(member)
+            if data is not None:
+                (results / member.name.lstrip("./")).write_bytes(data.read(1 << 20))
     report = results / "junit.xml"
     if not report.exists():
         pytest.fail(f"the VM left no test report; console tail:\n{log[-4000:]}", pytrace=False)

@@ -143,7 +143,7 @@ class Systemd:
                 ("CollectMode", ("s", "inactive-or-failed")),
             ]
             self._call("StartTransientUnit", "ssa(sv)a(sa(sv))", (name, "fail", properties, []))
-            scope = _wait_for_scope(pid, name)
+            scope = _wait_for_scope((holder, pid), name)
             supervisor, container = scope / "supervisor", scope / "container"
             for path, member in ((supervisor, holder), (container, pid)):
                 path.mkdir(exist_ok=True)
@@ -208,17 +208,24 @@ def _start_holder() -> tuple[int, int]:
     return pid, write_end
 
 
-def _wait_for_scope(pid: int, name: str) -> Path:
-    """The scope's cgroup, once systemd has moved pid into it (StartTransientUnit is a job)."""
+def _wait_for_scope(pids: tuple[int, ...], name: str) -> Path:
+    """The scope's cgroup, once systemd has moved every pid into it and handed it to us.
+
+    StartTransientUnit only queues a job. Until a pid is in the scope it cannot be moved
+    within it (the kernel checks the common ancestor), and until systemd has chowned the
+    delegated cgroup we cannot write it: wait for both.
+    """
     deadline = time.monotonic() + JOIN_TIMEOUT
     while True:
-        group = base.own_cgroup(pid)
-        if group is not None and group.rstrip("/").endswith(f"/{name}"):
-            return base.MOUNT / group.lstrip("/")
+        groups = [base.own_cgroup(pid) for pid in pids]
+        if all(g is not None and g.rstrip("/").endswith(f"/{name}") for g in groups):
+            scope = base.MOUNT / str(groups[0]).lstrip("/")
+            if os.access(scope / "cgroup.procs", os.W_OK) and os.access(scope, os.W_OK):
+                return scope
         if time.monotonic() > deadline:
             raise CgroupError(
                 f"systemd did not put the container into {name}",
-                context=f"after {JOIN_TIMEOUT:g}s the init is in {group}",
+                context=f"after {JOIN_TIMEOUT:g}s: {', '.join(map(str, groups))}",
                 hint="see 'journalctl --user -u " + name + "'",
             )
         time.sleep(0.005)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -67,22 +68,27 @@ def test_memory_limit_oom_kills_with_137(sandbox, busybox_image):
         'x=$(head -c 209715200 /dev/zero | tr "\\0" a); echo survived',
     )
     assert done.returncode == 137, (done.stdout, done.stderr)
-    listing = json.loads(sandbox("ps", "-a", "--format", "json").stdout)
-    record = [c for c in listing if c.get("Names", c.get("name")) in ("oom", ["oom"])]
     raw = sandbox("ps", "-a", "--format", "json").stdout
-    assert '"OOMKilled": true' in raw or '"oom_killed": true' in raw, (record, raw)
+    oom = [c for c in json.loads(raw) if "oom" in c["Names"]]
+    assert oom and oom[0]["OOMKilled"] is True, raw
     sandbox("rm", "oom")
 
 
 def test_pids_limit_stops_a_fork_loop(sandbox, busybox_image):
+    # The inner shell forks until the kernel refuses (ash then exits); its sleeps stay. Only
+    # shell builtins afterwards: at the limit, one more fork would fail.
     script = (
-        "i=0; while [ $i -lt 60 ]; do sleep 30 & i=$((i+1)); done 2>/dev/null; "
-        "read n < /sys/fs/cgroup/pids.current; echo $n; read m < /sys/fs/cgroup/pids.max; "
-        "echo $m; kill -9 -1"
+        'sh -c "while :; do sleep 60 & done" 2>/dev/null; '
+        "read n < /sys/fs/cgroup/pids.current; echo current $n; "
+        "while read k v; do echo $k $v; done < /sys/fs/cgroup/pids.events; "
+        "read m < /sys/fs/cgroup/pids.max; echo limit $m"
     )
     done = sandbox("run", "--rm", "--pids-limit", "20", busybox_image, "sh", "-c", script)
-    lines = done.stdout.split()
-    assert lines[:2] == ["20", "20"], (done.stdout, done.stderr)
+    values = dict(line.split() for line in done.stdout.splitlines())
+    assert values.get("limit") == "20", (done.stdout, done.stderr)
+    assert int(values.get("max", "0")) > 0, "no fork was refused"
+    # At the peak: PID 1, the inner shell and 18 sleeps; the inner shell has exited since.
+    assert int(values["current"]) == 19, done.stdout
 
 
 def test_cpus_holds_a_busy_loop_near_half_a_cpu(sandbox, busybox_image):
@@ -91,7 +97,9 @@ def test_cpus_holds_a_busy_loop_near_half_a_cpu(sandbox, busybox_image):
         "read b < /sys/fs/cgroup/cpu.stat; echo $a; echo $b; cat /sys/fs/cgroup/cpu.max; kill $!"
     )
     done = sandbox("run", "--rm", "--cpus", "0.5", busybox_image, "sh", "-c", script)
+    assert done.returncode == 0, (done.stdout, done.stderr)
     lines = done.stdout.splitlines()
+    assert len(lines) >= 3, (done.stdout, done.stderr)
     assert lines[2] == "50000 100000", done.stdout
     used = int(lines[1].split()[1]) - int(lines[0].split()[1])
     share = used / 5e6
@@ -100,8 +108,11 @@ def test_cpus_holds_a_busy_loop_near_half_a_cpu(sandbox, busybox_image):
 
 
 def test_scope_is_gone_after_rm(sandbox, busybox_image):
-    done = sandbox(
-        "run", "--rm", "--name", "scoped", busybox_image, "sh", "-c", "cat /proc/1/cgroup"
-    )
+    done = sandbox("run", "--rm", "--name", "scoped", busybox_image, "cat", "/proc/1/cgroup")
     assert done.returncode == 0, done.stderr
+    # systemd stops the scope as a job: give it a moment.
+    for _ in range(100):
+        if "sandbox-" not in _scopes():
+            break
+        time.sleep(0.1)
     assert "sandbox-" not in _scopes()
