@@ -273,7 +273,9 @@ class _Unpacker:
         )
         try:
             source = self.tar.extractfile(member)
-            if source is not None:
+            if source is not None and member.sparse is not None:
+                _copy_sparse(source, member.sparse, member.size, fd)
+            elif source is not None:
                 _copy(source, fd)
             uid, gid = self._owner(member)
             if uid != -1 or gid != -1:
@@ -479,6 +481,27 @@ class _Unpacker:
 
 def _mtime_ns(member: tarfile.TarInfo) -> int:
     return round(float(member.mtime) * 1_000_000_000)
+
+
+def _copy_sparse(source: Any, regions: list[tuple[int, int]], size: int, fd: int) -> None:
+    """A sparse member (GNU or pax): only its data regions are read and written, at their
+    offsets, and the rest stays a hole. Reading it whole would expand the holes to zeros: a
+    few kilobytes of archive could then keep us busy producing a terabyte of them."""
+    # The unbuffered member reader: its seek() moves within the member's map without asking
+    # the (unseekable) decompression stream underneath; data regions come in order.
+    raw = getattr(source, "raw", source)
+    for offset, length in regions:
+        if offset + length > size:
+            raise LayerError("a sparse file's data region lies beyond its size")
+        raw.seek(offset)
+        left = length
+        while left:
+            chunk = raw.read(min(CHUNK, left))
+            if not chunk:
+                raise LayerError("the archive ends inside a sparse file's data")
+            os.pwrite(fd, chunk, offset + length - left)
+            left -= len(chunk)
+    os.ftruncate(fd, size)
 
 
 def _copy(source: archive.Readable, fd: int) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.errors import LayerError
-from sandbox.images import archive
+from sandbox.images import archive, unpack
 from sandbox.images.unpack import (
     OPAQUE_XATTR,
     UnpackOptions,
@@ -460,3 +460,31 @@ def test_detect() -> None:
     assert archive.detect(tar_bytes([entry("x")])[:512]) == "tar"
     with pytest.raises(LayerError):
         archive.detect(b"PK\x03\x04 a zip file")
+
+
+def test_huge_sparse_member_reads_only_its_data(tmp_path: Path) -> None:
+    """A terabyte-sized GNU sparse member unpacks at once, as a hole with its data at the end."""
+    import subprocess
+
+    source = tmp_path / "src"
+    source.mkdir()
+    with open(source / "sparse", "wb") as f:
+        f.truncate(1 << 40)
+        f.seek((1 << 40) - 5)
+        f.write(b"tail\n")
+    archive = tmp_path / "sparse.tar"
+    subprocess.run(["tar", "--sparse", "-cf", archive, "-C", source, "sparse"], check=True)
+    dest = tmp_path / "layer"
+    dest.mkdir()
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with open(archive, "rb") as f:
+            unpack.unpack_file(f.fileno(), fd, unpack.UnpackOptions(chown=False))
+    finally:
+        os.close(fd)
+    out = dest / "sparse"
+    assert out.stat().st_size == 1 << 40
+    assert out.stat().st_blocks * 512 < 1 << 20
+    with open(out, "rb") as f:
+        f.seek((1 << 40) - 5)
+        assert f.read() == b"tail\n"
