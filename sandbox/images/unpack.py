@@ -274,7 +274,7 @@ class _Unpacker:
         try:
             source = self.tar.extractfile(member)
             if source is not None and member.sparse is not None:
-                _copy_sparse(source, member.sparse, member.size, fd)
+                _copy_sparse(source, list(member.sparse), member.size, fd)  # type: ignore[arg-type]  # typeshed has bytes
             elif source is not None:
                 _copy(source, fd)
             uid, gid = self._owner(member)
