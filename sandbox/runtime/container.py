@@ -87,9 +87,8 @@ def create(
                 hint="give the path of an unpacked root filesystem",
             )
     else:
-        from sandbox.images.store import ImageStore
-
         from sandbox.images import pull
+        from sandbox.images.store import ImageStore
 
         # Before anything forks: a pull's download threads are joined inside ensure_image.
         image = pull.ensure_image(

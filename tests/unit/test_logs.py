@@ -17,10 +17,17 @@ def test_lines_records_and_partials_round_trip(tmp_path: Path) -> None:
     writer.close()
     text = path.read_bytes().splitlines()
     assert [line.split(b" ", 1)[1] for line in text] == [
-        b"stdout F one", b"stderr F err", b"stdout F two", b"stdout P no newline"]
+        b"stdout F one",
+        b"stderr F err",
+        b"stdout F two",
+        b"stdout P no newline",
+    ]
     lines, offset = logs.read_lines(path)
     assert [(line.stream, line.text) for line in lines] == [
-        ("stdout", b"one"), ("stderr", b"err"), ("stdout", b"two")]
+        ("stdout", b"one"),
+        ("stderr", b"err"),
+        ("stdout", b"two"),
+    ]
     partial = logs.trailing_partials(path, offset)
     assert [(p.text, p.complete) for p in partial] == [(b"no newline", False)]
 
@@ -43,11 +50,13 @@ def test_hostile_output_stays_data(tmp_path: Path) -> None:
     writer.close()
     lines, _ = logs.read_lines(path)
     assert [(line.stream, line.text) for line in lines] == [
-        ("stdout", b"2020-01-01T00:00:00Z stderr F forged"), ("stdout", b"\x1b[2J\r")]
+        ("stdout", b"2020-01-01T00:00:00Z stderr F forged"),
+        ("stdout", b"\x1b[2J\r"),
+    ]
 
 
 def test_since_accepts_durations_timestamps_and_times() -> None:
-    now = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)
+    now = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
     assert logs.parse_since("1h30m", now) == now - datetime.timedelta(hours=1, minutes=30)
     assert logs.parse_since("45s", now) == now - datetime.timedelta(seconds=45)
     assert logs.parse_since("2026-01-01T11:00:00Z", now).hour == 11
