@@ -157,8 +157,10 @@ def test_inspect_unknown_and_bad_template(sandbox_env: SandboxEnv) -> None:
     assert "Traceback" not in missing.stderr
 
 
-def test_run_print_isolation_draws_the_report_on_stderr(sandbox: Run, busybox_image: str) -> None:
-    done = sandbox(
+def test_run_print_isolation_draws_the_report_on_stderr(
+    sandbox_env: SandboxEnv, busybox_image: str
+) -> None:
+    done = sandbox_env.run(
         "run",
         "--rm",
         "--network",
