@@ -224,25 +224,12 @@ class ImageStore:
         name: "busybox" is stored as localhost/busybox:latest; None makes an unnamed image.
         The name moves from any image that had it (which may be left without names).
         """
-        stored_name = reference.local_name(name) if name else None
         try:
-            fd = _open_tarball(tarball)
-            try:
-                self._ensure_dirs()
-                with self._locked():
-                    self._cleanup_tmp()
-                    tmp, tmp_lock = self._new_tmp()
-                try:
-                    return self._add_layer_image(
-                        fd,
-                        tmp,
-                        stored_name,
-                        lambda diff_id, created: _image_config(diff_id, created, comment),
-                    )
-                finally:
-                    os.close(tmp_lock)
-            finally:
-                os.close(fd)
+            return self._publish_tarball(
+                tarball,
+                reference.local_name(name) if name else None,
+                lambda diff_id, created: _image_config(diff_id, created, comment),
+            )
         except LayerError as e:
             raise LayerError(f"cannot import {tarball}", context=str(e), hint=e.hint) from e
 
@@ -273,6 +260,27 @@ class ImageStore:
                 ],
             }
 
+        return self._publish_tarball(
+            tarball,
+            stored_name,
+            make_config,
+            base_layers=base_layers,
+            base_size=base.size if base is not None else 0,
+            whiteouts=True,
+        )
+
+    def _publish_tarball(
+        self,
+        tarball: Path,
+        stored_name: str | None,
+        make_config: Callable[[str, str], dict[str, Any]],
+        *,
+        base_layers: tuple[str, ...] = (),
+        base_size: int = 0,
+        whiteouts: bool = False,
+    ) -> Image:
+        """Unpack tarball as a new layer in a fresh layers/.tmp-* (held locked) and index an
+        image of base_layers plus it."""
         fd = _open_tarball(tarball)
         try:
             self._ensure_dirs()
@@ -286,8 +294,8 @@ class ImageStore:
                     stored_name,
                     make_config,
                     base_layers=base_layers,
-                    base_size=base.size if base is not None else 0,
-                    whiteouts=True,
+                    base_size=base_size,
+                    whiteouts=whiteouts,
                 )
             finally:
                 os.close(tmp_lock)

@@ -61,7 +61,7 @@ def spawn(
         parent_end.send("mapped")
     except BaseException as error:
         parent_end.send_error(error)
-        _reap(pid)
+        wait_pid(pid)
         parent_end.close()
         raise
     return pid, parent_end
@@ -110,7 +110,8 @@ def _child(
             os._exit(code)
 
 
-def _reap(pid: int) -> int:
+def wait_pid(pid: int) -> int:
+    """waitpid() that retries on EINTR; 0 when the child was already reaped."""
     while True:
         try:
             _, status = os.waitpid(pid, 0)
@@ -145,7 +146,7 @@ def run(
         except ChannelClosed:
             pass
     finally:
-        status = _reap(pid)
+        status = wait_pid(pid)
         channel.close()
     if os.WIFEXITED(status):
         return os.WEXITSTATUS(status)

@@ -31,6 +31,7 @@ from sandbox.errors import (
 from sandbox.rootless import cgroups, idmap, syscalls, userns
 from sandbox.rootless.channel import Channel, ChannelClosed
 from sandbox.rootless.idmap import IdMapping
+from sandbox.rootless.userns import wait_pid
 from sandbox.runtime import hostroot, init, network, state, tty
 from sandbox.runtime.state import Container, ContainerStore
 
@@ -416,17 +417,6 @@ def _wait_for_exec(channel: Channel) -> None:
             channel.recv()
     except ChannelClosed:
         return
-
-
-def wait_pid(pid: int) -> int:
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            return status
-        except ChildProcessError:
-            return 0
-        except InterruptedError:
-            continue
 
 
 def remove_files(store: ContainerStore, container: Container, mapping: IdMapping) -> None:

@@ -125,7 +125,7 @@ def _finish(pid: int, channel: Channel) -> None:
                 channel.recv()
     finally:
         channel.close()
-        status = userns._reap(pid)
+        status = userns.wait_pid(pid)
     if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
         raise ContainerError("copying failed", context=f"helper exit status {status}")
 

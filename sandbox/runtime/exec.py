@@ -25,7 +25,7 @@ from typing import NoReturn
 from sandbox import spec as specs
 from sandbox.config import Settings
 from sandbox.errors import ContainerError, ExitCode, exit_code_for_wait_status
-from sandbox.rootless import syscalls
+from sandbox.rootless import syscalls, userns
 from sandbox.rootless.channel import Channel
 from sandbox.rootless.userns import assert_single_threaded
 from sandbox.runtime import container as engine
@@ -105,7 +105,7 @@ def run(settings: Settings, name_or_id: str, options: ExecOptions) -> int:
                 os.close(fd)
             message, _ = parent_end.expect("pid1")
             process = int(message["pid"])
-            engine.wait_pid(child)
+            userns.wait_pid(child)
             parent_end.send("reparented")
             if spec.process.terminal:
                 master = engine._receive_pty(parent_end, forwarder)
@@ -116,7 +116,7 @@ def run(settings: Settings, name_or_id: str, options: ExecOptions) -> int:
             if process is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process, signal.SIGKILL)
-                engine.wait_pid(process)
+                userns.wait_pid(process)
             if master is not None:
                 os.close(master)
             raise
@@ -130,7 +130,7 @@ def run(settings: Settings, name_or_id: str, options: ExecOptions) -> int:
         engine.relay_terminal(spec, master)
         if master is not None:
             os.close(master)
-        status = engine.wait_pid(process)
+        status = userns.wait_pid(process)
     return exit_code_for_wait_status(status)
 
 

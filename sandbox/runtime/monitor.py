@@ -24,6 +24,7 @@ from typing import Any
 
 from sandbox import spec as specs
 from sandbox.errors import ContainerError, SandboxError
+from sandbox.rootless import userns
 from sandbox.rootless.channel import error_from_message, error_to_message
 from sandbox.runtime import container as engine
 from sandbox.runtime.logs import LogWriter
@@ -60,7 +61,7 @@ def start(store: ContainerStore, spec: specs.ContainerSpec, record: Container) -
         finally:
             os._exit(code)
     os.close(report_w)
-    engine.wait_pid(first)
+    userns.wait_pid(first)
     chunks = []
     while True:
         data = os.read(report_r, _CHUNK)
