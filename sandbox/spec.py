@@ -159,6 +159,8 @@ class ContainerSpec:
     # sandbox-runtime: PID 1 waits for `start` by opening this FIFO for writing (runc's
     # exec.fifo) instead of the parent's "start" message, and lives on without PDEATHSIG.
     start_fifo: str | None = None
+    # sandbox-runtime create --preserve-fds N: fds 3..3+N-1 pass on to the command.
+    preserve_fds: int = 0
 
 
 def _adds_net_admin(cap_add: Sequence[str]) -> bool:

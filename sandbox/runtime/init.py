@@ -110,7 +110,7 @@ def join_namespace(name: str, path: str) -> None:
 
 def pid1(spec: ContainerSpec, channel: Channel) -> NoReturn:
     try:
-        _close_fds_except({0, 1, 2, channel.fileno()})
+        _close_fds_except({0, 1, 2, channel.fileno(), *range(3, 3 + spec.preserve_fds)})
         channel.expect("reparented")
         # Before pivot_root, while the runtime's state directory is reachable by its path.
         fifo = None
@@ -379,7 +379,7 @@ def _exec(spec: ContainerSpec, channel: Channel, slave: int | None, user: users.
     security.prepare(spec.security)
     _set_user(spec, user)
     security.restrict(spec.security)
-    _close_fds_except({0, 1, 2, channel.fileno()})
+    _close_fds_except({0, 1, 2, channel.fileno(), *range(3, 3 + spec.preserve_fds)})
     # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive execve.
     for signum in (signal.SIGPIPE, signal.SIGXFSZ, *FORWARDED):
         signal.signal(signum, signal.SIG_DFL)
