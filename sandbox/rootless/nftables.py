@@ -7,6 +7,10 @@ subprocess and no pyroute2 (its nftables layer cannot express ct state or reject
 it costs ~300 ms): the wire format is small, stable and documented in
 include/uapi/linux/netfilter/nf_tables.h, and the message bytes are unit-tested.
 
+Named networks (runtime/networks.py) use it too, in the rootless network namespace: a nat
+table that masquerades what leaves through slirp4netns's tap, and one DNAT table per container
+for its published ports (deleted as a whole when the container ends).
+
 The caller must already be in the target network namespace with CAP_NET_ADMIN over it.
 """
 
@@ -233,7 +237,11 @@ def batch(allowed: Sequence[Allow], seq: int = 1) -> tuple[bytes, list[int]]:
 
 def install(allowed: Sequence[Allow]) -> None:
     """Install the egress filter in the current network namespace; OSError when refused."""
-    data, acked = batch(allowed)
+    send(*batch(allowed))
+
+
+def send(data: bytes, acked: list[int]) -> None:
+    """Send one batch and wait for every ack; OSError with the kernel's errno when refused."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
         sock.bind((0, 0))
         sock.settimeout(5)
@@ -254,3 +262,142 @@ def install(allowed: Sequence[Allow]) -> None:
                 offset += (length + 3) & ~3
             if not reply:
                 raise OSError(errno.EPROTO, "nf_tables: no answer")
+
+
+# ---------------------------------------------------------------------------------------------
+# NAT in the rootless network namespace (named networks, runtime/networks.py)
+
+NFT_MSG_DELTABLE = 2
+NF_INET_PRE_ROUTING = 0
+NF_INET_POST_ROUTING = 4
+NFT_META_IIFNAME = 6
+NFT_META_OIFNAME = 7
+NFT_REG_2 = 2
+NFT_NAT_DNAT = 1
+IFNAMSIZ = 16
+NAT_TABLE = "sandbox_nat"
+
+
+def _ifname(name: str) -> bytes:
+    return name.encode().ljust(IFNAMSIZ, b"\0")  # meta iifname/oifname compare 16 bytes
+
+
+def immediate(register: int, value: bytes) -> bytes:
+    return _expr("immediate", _be32(1, register), _data(2, value))  # DREG, DATA
+
+
+def masq() -> bytes:
+    return _expr("masq")
+
+
+def dnat(address_register: int, port_register: int) -> bytes:
+    # TYPE, FAMILY, REG_ADDR_MIN, REG_PROTO_MIN (the kernel sets MAP_IPS and PROTO_SPECIFIED)
+    return _expr(
+        "nat",
+        _be32(1, NFT_NAT_DNAT),
+        _be32(2, NFPROTO_IPV4),
+        _be32(3, address_register),
+        _be32(5, port_register),
+    )
+
+
+def masquerade_rules(uplink: str) -> list[list[bytes]]:
+    """`oifname UPLINK masquerade`: what leaves through slirp4netns's tap gets its address."""
+    return [[meta(NFT_META_OIFNAME), cmp(NFT_CMP_EQ, _ifname(uplink)), masq()]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Forward:
+    """Traffic arriving on `uplink` for `port`/`protocol` goes to address:to_port."""
+
+    protocol: str  # tcp | udp
+    port: int
+    address: str  # IPv4
+    to_port: int
+
+
+def dnat_rules(uplink: str, forwards: Sequence[Forward]) -> list[list[bytes]]:
+    """`iifname UPLINK meta l4proto P th dport PORT dnat to ADDRESS:TO_PORT`, one per forward."""
+    rules = []
+    for f in forwards:
+        proto = socket.IPPROTO_TCP if f.protocol == "tcp" else socket.IPPROTO_UDP
+        rules.append(
+            [
+                meta(NFT_META_IIFNAME),
+                cmp(NFT_CMP_EQ, _ifname(uplink)),
+                meta(NFT_META_L4PROTO),
+                cmp(NFT_CMP_EQ, bytes([proto])),
+                payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2),
+                cmp(NFT_CMP_EQ, struct.pack(">H", f.port)),
+                immediate(NFT_REG_1, ipaddress.IPv4Address(f.address).packed),
+                immediate(NFT_REG_2, struct.pack(">H", f.to_port)),
+                dnat(NFT_REG_1, NFT_REG_2),
+            ]
+        )
+    return rules
+
+
+def nat_batch(
+    table: str, chain: str, hook: int, priority: int, rules: Sequence[list[bytes]], seq: int = 1
+) -> tuple[bytes, list[int]]:
+    """One batch: table ip TABLE, a nat chain on hook (policy accept), then rules."""
+    flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK
+    messages = [_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, b"", NFNL_SUBSYS_NFTABLES)]
+    acked = []
+    seq += 1
+    new = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE
+    messages.append(_message(new, flags, seq, NFPROTO_IPV4, _string(1, table)))
+    acked.append(seq)
+    body = b"".join(
+        [
+            _string(1, table),
+            _string(3, chain),
+            _nested(4, _be32(1, hook), _be32(2, priority & 0xFFFFFFFF)),
+            _be32(5, NF_ACCEPT),
+            _string(7, "nat"),
+        ]
+    )
+    seq += 1
+    messages.append(
+        _message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWCHAIN, flags, seq, NFPROTO_IPV4, body)
+    )
+    acked.append(seq)
+    for expressions in rules:
+        seq += 1
+        body = _string(1, table) + _string(2, chain) + _nested(4, *expressions)
+        new_rule = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE
+        messages.append(_message(new_rule, flags | NLM_F_APPEND, seq, NFPROTO_IPV4, body))
+        acked.append(seq)
+    seq += 1
+    messages.append(_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, 0, b"", NFNL_SUBSYS_NFTABLES))
+    return b"".join(messages), acked
+
+
+def delete_table_batch(table: str, seq: int = 1) -> tuple[bytes, list[int]]:
+    flags = NLM_F_REQUEST | NLM_F_ACK
+    messages = [
+        _message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, b"", NFNL_SUBSYS_NFTABLES),
+        _message(
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE,
+            flags,
+            seq + 1,
+            NFPROTO_IPV4,
+            _string(1, table),
+        ),
+        _message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 2, 0, b"", NFNL_SUBSYS_NFTABLES),
+    ]
+    return b"".join(messages), [seq + 1]
+
+
+def install_masquerade(uplink: str) -> None:
+    """In the current network namespace: masquerade what leaves through uplink."""
+    send(*nat_batch(NAT_TABLE, "postrouting", NF_INET_POST_ROUTING, 100, masquerade_rules(uplink)))
+
+
+def install_forwards(table: str, uplink: str, forwards: Sequence[Forward]) -> None:
+    """In the current network namespace: a table of DNAT rules (one container's ports)."""
+    send(*nat_batch(table, "prerouting", NF_INET_PRE_ROUTING, -100, dnat_rules(uplink, forwards)))
+
+
+def delete_table(table: str) -> None:
+    send(*delete_table_batch(table))

@@ -14,6 +14,7 @@ A failure on either side is sent as an "error" message and re-raised by the othe
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -24,9 +25,25 @@ from typing import Any
 from sandbox.errors import HostError, SandboxError
 from sandbox.rootless import syscalls
 from sandbox.rootless.channel import Channel, ChannelClosed
-from sandbox.rootless.idmap import IdMapping, write_mapping
+from sandbox.rootless.idmap import IdMapping, IdRange, write_mapping
 
 Target = Callable[[Channel], int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Within:
+    """Spawn under another user namespace instead of the initial one (named networks, pods).
+
+    The child first setns()es into `userns_fd` (the rootless netns holder's, which the user
+    owns, so the child gets every capability there), then into each of `joins` (fd, CLONE_*)
+    while it still has those capabilities, and only then unshares its own user namespace: a
+    child of the holder's. `outer` is the holder's own mapping; the child's maps are written
+    from inside the holder's namespace, in the holder's ids (newuidmap would check host subids).
+    """
+
+    userns_fd: int
+    outer: IdMapping
+    joins: tuple[tuple[int, int], ...] = ()
 
 
 def assert_single_threaded() -> None:
@@ -39,7 +56,12 @@ def assert_single_threaded() -> None:
 
 
 def spawn(
-    mapping: IdMapping, target: Target, *, flags: int = 0, pdeathsig: int = signal.SIGKILL
+    mapping: IdMapping,
+    target: Target,
+    *,
+    flags: int = 0,
+    pdeathsig: int = signal.SIGKILL,
+    within: Within | None = None,
 ) -> tuple[int, Channel]:
     """Fork a child that enters a new user namespace (plus `flags`) and runs target(channel).
 
@@ -53,11 +75,14 @@ def spawn(
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         parent_end.close()
-        _child(mapping, target, child_end, flags, pdeathsig)
+        _child(mapping, target, child_end, flags, pdeathsig, within)
     child_end.close()
     try:
         parent_end.expect("unshared")
-        write_mapping(pid, mapping)
+        if within is None:
+            write_mapping(pid, mapping)
+        else:
+            write_mapping_within(within, pid, mapping)
         parent_end.send("mapped")
     except BaseException as error:
         parent_end.send_error(error)
@@ -68,13 +93,20 @@ def spawn(
 
 
 def _child(
-    mapping: IdMapping, target: Target, channel: Channel, flags: int, pdeathsig: int
+    mapping: IdMapping,
+    target: Target,
+    channel: Channel,
+    flags: int,
+    pdeathsig: int,
+    within: Within | None = None,
 ) -> None:  # pragma: no cover - runs in the child
     code = 125
     host_uid = os.getuid()
     try:
         # Die with the parent: a container must not outlive the process that answers for it.
         syscalls.prctl(syscalls.PR_SET_PDEATHSIG, pdeathsig)
+        if within is not None:
+            _enter(within)
         try:
             syscalls.unshare(syscalls.CLONE_NEWUSER | flags)
         except OSError as e:
@@ -108,6 +140,83 @@ def _child(
             sys.stderr.flush()
         finally:
             os._exit(code)
+
+
+def _enter(within: Within) -> None:  # pragma: no cover - runs in the child
+    try:
+        syscalls.setns(within.userns_fd, syscalls.CLONE_NEWUSER)
+        # Joins come before our own user namespace exists: afterwards we would hold no
+        # capability over a sibling's namespaces (their owner is the holder's namespace).
+        for fd, nstype in within.joins:
+            syscalls.setns(fd, nstype)
+    except OSError as e:
+        raise HostError(
+            "cannot enter the rootless network namespace's user namespace",
+            context=e.strerror,
+            hint="'sandbox network ls' restarts a holder that died; see 'sandbox doctor'",
+        ) from e
+
+
+def relative_to(mapping: IdMapping, outer: IdMapping) -> IdMapping:
+    """mapping (container ids -> host ids) re-expressed as container ids -> outer's ids, for a
+    user namespace that is a child of outer's. Ranges split where outer's ranges do."""
+
+    def convert(
+        ranges: tuple[IdRange, ...], outer_ranges: tuple[IdRange, ...]
+    ) -> tuple[IdRange, ...]:
+        out: list[IdRange] = []
+        for r in ranges:
+            for o in outer_ranges:
+                low = max(r.outside, o.outside)
+                high = min(r.outside + r.size, o.outside + o.size)
+                if low < high:
+                    out.append(
+                        IdRange(r.inside + low - r.outside, o.inside + low - o.outside, high - low)
+                    )
+            if sum(x.size for x in out if r.inside <= x.inside < r.inside + r.size) != r.size:
+                raise HostError(
+                    "the container's id mapping is not inside the rootless network namespace's",
+                    context=f"{r.inside} {r.outside} {r.size}",
+                )
+        return tuple(sorted(out, key=lambda x: x.inside))
+
+    return dataclasses.replace(
+        mapping, uids=convert(mapping.uids, outer.uids), gids=convert(mapping.gids, outer.gids)
+    )
+
+
+def write_mapping_within(within: Within, pid: int, mapping: IdMapping) -> None:
+    """Write pid's uid_map and gid_map from a child that joined within's user namespace (the
+    kernel wants the opener and the writer to hold CAP_SETUID/CAP_SETGID in the parent
+    namespace of pid's; the user owns that one, so setns gives them)."""
+    relative = relative_to(mapping, within.outer)
+    lines = {
+        "uid_map": "".join(f"{r.inside} {r.outside} {r.size}\n" for r in relative.uids),
+        "gid_map": "".join(f"{r.inside} {r.outside} {r.size}\n" for r in relative.gids),
+    }
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the forked child
+        os.close(read_end)
+        code = 0
+        try:
+            syscalls.setns(within.userns_fd, syscalls.CLONE_NEWUSER)
+            for name, text in lines.items():
+                with open(f"/proc/{pid}/{name}", "w") as f:
+                    f.write(text)
+        except BaseException as error:
+            os.write(write_end, str(error).encode()[:500])
+            code = 1
+        os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as errors:
+        message = errors.read().decode(errors="replace")
+    status = wait_pid(child)
+    if message or status != 0:
+        raise HostError(
+            f"cannot write the id mapping of process {pid} in the rootless network namespace",
+            context=message or f"wait status {status}",
+        )
 
 
 def wait_pid(pid: int) -> int:

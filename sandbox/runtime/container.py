@@ -32,7 +32,7 @@ from sandbox.rootless import cgroups, idmap, syscalls, userns
 from sandbox.rootless.channel import Channel, ChannelClosed
 from sandbox.rootless.idmap import IdMapping
 from sandbox.rootless.userns import wait_pid
-from sandbox.runtime import hostroot, init, network, state, tty
+from sandbox.runtime import hostroot, init, network, networks, state, tty
 from sandbox.runtime.state import Container, ContainerStore
 
 Warn = Callable[[str], None]
@@ -128,6 +128,8 @@ def create(
         cgroup_mount=manager.name != "disabled",
         volumes_root=volumes.root(settings.data_root),
     )
+    if spec.network.mode == "bridge":  # --network NAME: it must exist; its subnet is recorded
+        spec = dataclasses.replace(spec, network=networks.resolve(settings.data_root, spec.network))
     # Named volumes are created on first use, once the whole spec is valid.
     for mount in spec.mounts:
         if mount.type == "bind" and Path(mount.source).parent.parent == volumes.root(
@@ -307,10 +309,15 @@ def _start_and_wait(
     pid1: int | None = None
     master: int | None = None
     helper: network.Helper | None = None
+    attachment: networks.Attachment | None = None
     with forwarder.installed():
         try:
+            # A named network or a pod: spawned under the rootless netns holder's user namespace.
+            attachment = networks.prepare(spec, store, runtime_root())
             intermediate, channel = userns.spawn(
-                spec.mapping, lambda ch: init.intermediate(spec, ch)
+                spec.mapping,
+                lambda ch: init.intermediate(spec, ch),
+                within=attachment.within if attachment is not None else None,
             )
             try:
                 # Step 2b: into its cgroup before it can fork PID 1, so nothing escapes.
@@ -333,6 +340,8 @@ def _start_and_wait(
                 channel.expect("ready")
                 # Step 9: PID 1's namespaces exist and it waits; the helper joins them.
                 helper = network.start(spec.network, pid1, store.dir(spec.id), runtime_root())
+                if attachment is not None:  # eth0 on the network's bridge, ports, peers' hosts
+                    networks.connect(attachment, runtime_root(), pid1)
                 if spec.network.ports:
                     record = store.update(record, ports=tuple(map(str, spec.network.ports)))
                 channel.send("start")
@@ -346,6 +355,8 @@ def _start_and_wait(
                 wait_pid(pid1)
             if helper is not None:
                 helper.stop()
+            if attachment is not None:
+                networks.detach(attachment, runtime_root())
             if master is not None:
                 os.close(master)
             _release_cgroup(record)
@@ -361,6 +372,8 @@ def _start_and_wait(
         status = wait_pid(pid1)
         if helper is not None:
             helper.stop()
+        if attachment is not None:
+            networks.detach(attachment, runtime_root())
     code = exit_code_for_wait_status(status)
     # Read before the cgroup is released: a systemd scope vanishes once it is empty.
     oom = cgroup is not None and cgroups.oom_killed(cgroup)

@@ -37,6 +37,11 @@ if TYPE_CHECKING:
     from sandbox.rootless.nftables import Allow
 
 MODES = ("slirp4netns", "pasta", "none", "host")
+# --network NAME (a named network, runtime/networks.py) is mode "bridge"; --network
+# container:NAME (share that container's network namespace, as a pod's containers do) is
+# mode "container". Both run under the rootless netns holder's user namespace.
+NAMED_MODES = ("bridge", "container")
+_NETWORK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 MTU = 65520
 SLIRP_GUEST = "10.0.2.100"
 SLIRP_DNS = "10.0.2.3"
@@ -96,10 +101,20 @@ class NetworkConfig:
     extra_hosts: tuple[tuple[str, str], ...] = ()
     # --egress-allow: when any is given, everything else leaving the container is refused.
     egress: tuple[EgressAllow, ...] = ()
+    # mode "bridge": the named network and its subnet (filled in from its record at create);
+    # mode "container": the name or id of the container whose network namespace is joined.
+    name: str = ""
+    subnet: str = ""
 
     @property
     def own_namespace(self) -> bool:
-        return self.mode != "host"
+        # container:NAME joins that container's namespace (userns.Within) instead.
+        return self.mode not in ("host", "container")
+
+    @property
+    def named(self) -> bool:
+        """Spawned under the rootless netns holder (runtime/networks.py)."""
+        return self.mode in NAMED_MODES
 
     @property
     def helper(self) -> str | None:
@@ -123,10 +138,15 @@ def default_mode() -> str:
 
 
 def parse_network(text: str | None) -> tuple[str, bool]:
-    """--network MODE[:OPTION=VALUE,...] -> (mode, allow_host_loopback)."""
+    """--network MODE[:OPTION=VALUE,...] -> (mode, allow_host_loopback); a network's NAME or
+    container:NAME -> ("bridge" or "container", False)."""
     if text is None:
         return default_mode(), False
     mode, _, raw_options = text.partition(":")
+    if mode == "container" and _NETWORK_NAME_RE.match(raw_options):
+        return "container", False
+    if mode not in MODES and not raw_options and _NETWORK_NAME_RE.match(mode):
+        return "bridge", False
     if mode not in MODES:
         raise UsageError(
             f"invalid --network {text!r}",
@@ -262,8 +282,14 @@ def build(
             ipaddress.ip_address(server)
         except ValueError:
             raise UsageError(f"invalid --dns {server!r}", hint="give an IP address") from None
+    if mode == "container" and ports:
+        raise UsageError(
+            "-p cannot be used with --network container:NAME",
+            hint="publish the ports on the container whose network is shared",
+        )
     config = NetworkConfig(
         mode=mode,
+        name={"bridge": network, "container": (network or "")[10:]}.get(mode, "") or "",
         allow_host_loopback=allow,
         ports=tuple(ports),
         dns=tuple(dns),
@@ -419,7 +445,8 @@ def resolv_conf(
             # slirp4netns sends 10.0.2.3's queries from the host, so even the stub answers
             # them; the upstreams follow as a fallback.
             chosen = ([SLIRP_DNS] if config.mode == "slirp4netns" else []) + reachable
-        elif config.mode == "slirp4netns":
+        elif config.mode in ("slirp4netns", *NAMED_MODES):
+            # Named networks go out through the holder's slirp4netns.
             chosen = [SLIRP_DNS]  # slirp4netns forwards to the host's resolver
         else:
             chosen = reachable
@@ -434,8 +461,16 @@ def resolv_conf(
     return "\n".join(lines) + "\n"
 
 
-def hosts_file(config: NetworkConfig, hostname: str, name: str, host: str | None = None) -> str:
-    """The container's /etc/hosts: localhost, its own names, --add-host entries."""
+def hosts_file(
+    config: NetworkConfig,
+    hostname: str,
+    name: str,
+    host: str | None = None,
+    address: str | None = None,
+    peers: Sequence[tuple[str, str]] = (),
+) -> str:
+    """The container's /etc/hosts: localhost, its own names, --add-host entries; on a named
+    network its own address there and its peers' (name, address)."""
     names = " ".join(dict.fromkeys((hostname, name)))
     if config.mode == "host":
         base = _read(Path("/etc/hosts")) if host is None else host
@@ -447,8 +482,10 @@ def hosts_file(config: NetworkConfig, hostname: str, name: str, host: str | None
             "127.0.0.1\tlocalhost localhost.localdomain\n"
             "::1\tlocalhost ip6-localhost ip6-loopback\n"
         )
-        address = SLIRP_GUEST if config.mode == "slirp4netns" else "127.0.1.1"
+        if address is None:
+            address = SLIRP_GUEST if config.mode == "slirp4netns" else "127.0.1.1"
         own = f"{address}\t{names}\n"
+        own += "".join(f"{ip}\t{peer}\n" for peer, ip in peers)
     extra = "".join(f"{address}\t{n}\n" for n, address in config.extra_hosts)
     # Names allowed by --egress-allow resolve to the addresses the rules allow, whatever DNS
     # says later.
