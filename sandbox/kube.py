@@ -11,8 +11,12 @@ the Kubernetes API's JSON schema (kubernetes-validate).
 `pod_run_options` reads a Pod manifest (hostile input: bounded, every field type-checked, a
 field we cannot honour is an error, never silently dropped) into one RunOptions per container,
 named POD-CONTAINER; `sandbox kube play` creates them detached and `sandbox kube down` removes
-them. Each container gets its own network namespace: joining another container's needs the
-pod's containers to share a user namespace, which the engine does not do yet.
+them. A pod's containers share one network namespace: the first container's, on the named
+network POD_NETWORK (created when missing), carrying the whole pod's published ports; the
+others run with --network container:FIRST. Both are spawned under the rootless netns holder's
+user namespace (runtime/networks.py), which is what lets the later ones join the first one's
+network namespace. The first container is the pod's network: when it exits, so does the pod's
+namespace (there is no separate infra container).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from sandbox.security import Security
 from sandbox.spec import ContainerSpec, RunOptions
 
 MAX_MANIFEST = 1024 * 1024
+# The named network played pods are on (created by `kube play` when missing).
+POD_NETWORK = "kube"
 # Mounts every container gets (spec.default_mounts, the cgroup mount): not the user's.
 _BUILTIN = {"/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup"}
 _ENGINE_ENV = {"HOSTNAME", "container", "TERM"}
@@ -406,7 +412,22 @@ def pod_run_options(pod: Mapping[str, Any], *, base: Path) -> list[PodContainer]
                 ),
             )
         )
-    return out
+    if network == "host":
+        return out
+    # One network namespace per pod: the first container's, on the POD_NETWORK named network
+    # (runtime/networks.py), where the pod's ports are published; the others join it
+    # (--network container:FIRST), so localhost reaches between them.
+    first = out[0]
+    ports = tuple(p for member in out for p in member.options.publish)
+    shared = [
+        dataclasses.replace(
+            first, options=dataclasses.replace(first.options, network=POD_NETWORK, publish=ports)
+        )
+    ]
+    for member in out[1:]:
+        joined = dataclasses.replace(member.options, network=f"container:{first.name}", publish=())
+        shared.append(dataclasses.replace(member, options=joined))
+    return shared
 
 
 def _pod_volumes(raw: Any, pod: str, base: Path) -> dict[str, tuple[str, str]]:

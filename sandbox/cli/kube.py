@@ -68,8 +68,9 @@ def register(app: typer.Typer) -> None:
 
     @group.command(
         "play",
-        help="Run a Pod manifest's containers, detached, named POD-CONTAINER (each with its "
-        "own network namespace).\n\nExamples:\n\n  sandbox kube play web-pod.yaml",
+        help="Run a Pod manifest's containers, detached, named POD-CONTAINER, sharing one "
+        "network namespace per pod (on the named network 'kube', created when missing; "
+        "localhost reaches between them).\n\nExamples:\n\n  sandbox kube play web-pod.yaml",
     )
     def play(file: Path = typer.Argument(..., help="The manifest (YAML).")) -> None:
         from sandbox import config, kube
@@ -84,6 +85,13 @@ def register(app: typer.Typer) -> None:
             for c in kube.pod_run_options(pod, base=file.resolve().parent)
         ]
         store = ContainerStore(settings.containers_root)
+        if any(c.options.network == kube.POD_NETWORK for c in planned):
+            from sandbox.runtime import networks
+
+            if not any(
+                n.name == kube.POD_NETWORK for n in networks.list_networks(settings.data_root)
+            ):
+                networks.create(settings.data_root, kube.POD_NETWORK)
         started: list[str] = []
         try:
             for c in planned:

@@ -23,7 +23,7 @@ import struct
 from typing import NoReturn
 
 from sandbox import spec as specs
-from sandbox.config import Settings
+from sandbox.config import Settings, runtime_root
 from sandbox.errors import ContainerError, ExitCode, exit_code_for_wait_status
 from sandbox.rootless import syscalls, userns
 from sandbox.rootless.channel import Channel
@@ -87,6 +87,12 @@ def run(settings: Settings, name_or_id: str, options: ExecOptions) -> int:
     container = lifecycle.running(store, name_or_id)
     spec = exec_spec(store.load_spec(container.id), options)
     namespaces = _open_namespaces(container.pid)
+    if spec.network.mode == "container" and "net" in namespaces:
+        # A pod member: its network namespace belongs to a sibling user namespace (the pod's
+        # first container's); it is joined from the rootless netns holder's, before our own.
+        from sandbox.runtime import networks
+
+        namespaces = networks.join_order(namespaces, runtime_root())
     assert_single_threaded()
     # The exec'd process is our grandchild: as a subreaper we inherit it and see its status.
     syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
@@ -199,7 +205,7 @@ def _join(
         syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
         if not detach:
             syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
-        flags = dict(JOIN_ORDER)
+        flags = dict(JOIN_ORDER) | {"holder": syscalls.CLONE_NEWUSER}
         for name, fd in namespaces.items():
             try:
                 syscalls.setns(fd, flags[name])

@@ -813,3 +813,17 @@ def wait_gone(pid: int, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def join_order(namespaces: dict[str, int], runtime_dir: Path) -> dict[str, int]:
+    """`sandbox exec` into a pod member: the holder's user namespace ("holder"), then the
+    shared network namespace (we have CAP_SYS_ADMIN over its owner there), then the rest."""
+    with _locked(_netns_dir(runtime_dir) / ".lock"):
+        holder = _running_holder(runtime_dir)
+        if holder is None:
+            raise ContainerError(
+                "the rootless network namespace is gone", hint="restart the pod ('kube play')"
+            )
+        fd = os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    net = namespaces["net"]
+    return {"holder": fd, "net": net} | {k: v for k, v in namespaces.items() if k != "net"}

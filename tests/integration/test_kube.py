@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import kubernetes_validate  # the test extra: the Kubernetes API schema
@@ -122,3 +123,52 @@ def test_play_and_down(sandbox_env: SandboxEnv, busybox_image: str, tmp_path: Pa
     refused = run("kube", "play", bad)
     assert refused.returncode == 125 and "image" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.needs("userns", "subids", "newuidmap", "slirp4netns", "tun", "nftables")
+def test_a_pods_containers_reach_each_other_over_localhost(
+    sandbox_env: SandboxEnv, busybox_image: str, tmp_path: Path
+) -> None:
+    run = sandbox_env.run
+    manifest = tmp_path / "pod.yaml"
+    server = (
+        "mkdir -p /www && echo hello-over-localhost > /www/index.html && httpd -f -p 8080 -h /www"
+    )
+    client = (
+        "for i in $(seq 100); do wget -qO- http://localhost:8080/ > /tmp/got && break; "
+        "sleep 0.1; done; sleep 30"
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "lp"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {"name": "web", "image": busybox_image, "command": ["sh", "-c", server]},
+                {"name": "client", "image": busybox_image, "command": ["sh", "-c", client]},
+            ],
+        },
+    }
+    validate(pod)
+    manifest.write_text(yaml.safe_dump(pod))
+    try:
+        done = run("kube", "play", manifest)
+        assert done.returncode == 0, done.stderr
+        got = ""
+        for _ in range(100):
+            got = run("exec", "lp-client", "cat", "/tmp/got").stdout
+            if got:
+                break
+            time.sleep(0.1)
+        assert got == "hello-over-localhost\n"
+        # One network namespace: the same eth0 address seen from both containers.
+        addresses = [
+            run("exec", name, "ip", "-4", "-o", "addr", "show", "eth0").stdout.split()[3]
+            for name in ("lp-web", "lp-client")
+        ]
+        assert addresses[0] == addresses[1] and addresses[0].startswith("10.89.")
+    finally:
+        down = run("kube", "down", manifest)
+    assert down.returncode == 0, down.stderr
+    run("network", "rm", "kube")
