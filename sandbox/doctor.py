@@ -52,6 +52,7 @@ CHECKS: dict[str, CheckInfo] = {
     "unprivileged_ports": CheckInfo("unprivileged ports", WARNING),
     "nested": CheckInfo("nested in another container", WARNING),
     "nftables": CheckInfo("nf_tables in a user namespace (--egress-allow)", WARNING),
+    "podman": CheckInfo("podman (a peer that drives sandbox-runtime)", WARNING),
 }
 
 

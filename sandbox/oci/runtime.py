@@ -70,6 +70,7 @@ class State:
     annotations: dict[str, str]
     mapping: IdMapping
     cgroups_path: str = ""
+    cgroup_manager: str = "disabled"  # the manager that made its cgroup (limits only)
 
 
 class Runtime:
@@ -183,16 +184,20 @@ class Runtime:
             fifo = cdir / FIFO
             os.mkfifo(fifo, 0o600)
             if own_userns and mapping.host_uid(0) != os.geteuid():
-                # Root of the container is not our uid: it must reach the FIFO by itself.
-                os.chmod(self.root, 0o711)
-                os.chmod(cdir, 0o711)
+                # Root of the container is not our uid: PID 1 opens the FIFO for writing.
+                # It reaches it through an fd it inherits (fifo_fd), never by the (0700) path.
                 os.chmod(fifo, 0o622)
+            fifo_fd = os.open(fifo, os.O_PATH)  # inherited by PID 1 (init.pid1 closes it)
             process = dataclasses.replace(spec.process, interactive=True)  # stdio as given
             spec = dataclasses.replace(
-                spec, process=process, start_fifo=str(fifo), preserve_fds=preserve_fds
+                spec,
+                process=process,
+                start_fifo=f"/proc/self/fd/{fifo_fd}",
+                preserve_fds=preserve_fds,
             )
             (cdir / oci.CONFIG).write_text(json.dumps(config))
-            pid1 = self._spawn(spec, own_userns, privileged, config, console_socket)
+            manager = _cgroup_manager(spec)
+            pid1 = self._spawn(spec, own_userns, privileged, config, console_socket, manager)
             st = State(
                 id=container_id,
                 pid=pid1,
@@ -202,6 +207,7 @@ class Runtime:
                 annotations={str(k): str(v) for k, v in (config.get("annotations") or {}).items()},
                 mapping=mapping,
                 cgroups_path=str(linux.get("cgroupsPath") or ""),
+                cgroup_manager=manager.name if manager is not None else "disabled",
             )
             _write_atomic(cdir / STATE, json.dumps(codec.to_json(st)).encode())
             hooks = config.get("hooks") or {}
@@ -224,6 +230,7 @@ class Runtime:
         privileged: bool,
         config: dict[str, Any],
         console_socket: Path | None,
+        manager: Any,
     ) -> int:
         """The intermediate and PID 1 (runtime/init.py's protocol, steps 1-9); PID 1's pid once
         it waits on the FIFO."""
@@ -242,7 +249,10 @@ class Runtime:
                 parent_end.expect("unshared")
                 _write_mapping(intermediate, spec.mapping, privileged)
                 parent_end.send("mapped")
-            parent_end.send("cgroup")  # no cgroup: see _cgroup_check
+            if manager is not None:
+                # Before it forks PID 1, so nothing of the container escapes the limits.
+                manager.enter(spec.id, intermediate, spec.resources)
+            parent_end.send("cgroup")
             message, _ = parent_end.expect("pid1")
             pid1 = int(message["pid"])
             _wait(intermediate)
@@ -356,6 +366,11 @@ class Runtime:
         except SandboxError:
             hooks = {}
         stopped = dict(self.state_json(st), status="stopped")
+        if st.cgroup_manager != "disabled":
+            from sandbox.rootless import cgroups
+
+            with contextlib.suppress(SandboxError):
+                cgroups.by_name(st.cgroup_manager).remove(st.id)
         shutil.rmtree(cdir, ignore_errors=True)
         try:
             run_hooks("poststop", hooks.get("poststop"), stopped)
@@ -473,6 +488,26 @@ def _intermediate(
         code = int(getattr(error, "exit_code", ExitCode.ENGINE))
     finally:
         os._exit(code)
+
+
+def _cgroup_manager(spec: Any) -> Any:
+    """The cgroup manager for linux.resources (None without limits: the container then stays
+    in our cgroup, and cgroupsPath is only recorded). Limits that cannot be enforced here are
+    refused, naming the field."""
+    if spec.resources.empty:
+        return None
+    from sandbox.rootless import cgroups
+
+    manager = cgroups.select("enabled", "auto")
+    try:
+        cgroups.check(manager, spec.resources, lambda _message: None)
+    except SandboxError as error:
+        raise UsageError(
+            f"config.json: linux.resources: {error.message}",
+            context=error.context,
+            hint=error.hint,
+        ) from error
+    return manager
 
 
 def _mapping(config: dict[str, Any], own_userns: bool, privileged: bool) -> IdMapping:

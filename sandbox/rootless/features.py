@@ -60,6 +60,7 @@ _PACKAGES = {
     "fuse-overlayfs": "fuse-overlayfs",
     "newuidmap": "uidmap",
     "newgidmap": "uidmap",
+    "podman": "podman",
 }
 
 
@@ -849,6 +850,7 @@ _PROBES: dict[str, Callable[[], Probe]] = {
     "unprivileged_ports": _probe_unprivileged_ports,
     "nested": _probe_nested,
     "nftables": _probe_nftables,
+    "podman": lambda: _probe_binary("podman", "tests that drive sandbox-runtime through podman"),
 }
 
 NAMES: tuple[str, ...] = tuple(_PROBES)

@@ -110,12 +110,15 @@ def join_namespace(name: str, path: str) -> None:
 
 def pid1(spec: ContainerSpec, channel: Channel) -> NoReturn:
     try:
-        _close_fds_except({0, 1, 2, channel.fileno(), *range(3, 3 + spec.preserve_fds)})
-        channel.expect("reparented")
-        # Before pivot_root, while the runtime's state directory is reachable by its path.
+        # Before pivot_root, while the runtime's state directory is reachable, and before the
+        # fds are closed: sandbox-runtime names the FIFO by an fd we inherit (/proc/self/fd/N),
+        # since root of the container may not be allowed to search the state directory.
         fifo = None
         if spec.start_fifo is not None:
             fifo = os.open(spec.start_fifo, os.O_PATH | os.O_CLOEXEC)
+        keep = {0, 1, 2, channel.fileno(), *range(3, 3 + spec.preserve_fds)}
+        _close_fds_except(keep | ({fifo} if fifo is not None else set()))
+        channel.expect("reparented")
         if spec.start_fifo is None:
             # Our parent is now sandbox itself: die with it rather than run unsupervised.
             # (sandbox-runtime: `create` exits and PID 1 passes to conmon, a subreaper.)

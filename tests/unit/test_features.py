@@ -30,6 +30,7 @@ EXPECTED = {
     "unprivileged_ports",
     "nested",
     "nftables",
+    "podman",
 }
 
 
