@@ -145,7 +145,7 @@ def parse_network(text: str | None) -> tuple[str, bool]:
     mode, _, raw_options = text.partition(":")
     if mode == "container" and _NETWORK_NAME_RE.match(raw_options):
         return "container", False
-    if mode not in MODES and not raw_options and _NETWORK_NAME_RE.match(mode):
+    if mode not in (*MODES, *NAMED_MODES) and not raw_options and _NETWORK_NAME_RE.match(mode):
         return "bridge", False
     if mode not in MODES:
         raise UsageError(

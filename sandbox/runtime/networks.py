@@ -396,6 +396,9 @@ def _holder(
     code = 125
     try:
         try:
+            # Forked from a `run` whose handlers forward signals to a container: reset them.
+            for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+                signal.signal(signum, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             syscalls.unshare(syscalls.CLONE_NEWUSER | syscalls.CLONE_NEWNET)

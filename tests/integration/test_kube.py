@@ -115,6 +115,7 @@ def test_play_and_down(sandbox_env: SandboxEnv, busybox_image: str, tmp_path: Pa
         assert seen == "from-writer\n"
     finally:
         down = run("kube", "down", manifest)
+        run("network", "rm", "kube")  # the last network: its holder and slirp4netns stop
     assert down.returncode == 0, down.stderr
     assert run("ps", "-a", "--format", "json").stdout.count("kp-") == 0
     assert "kp-shared" not in run("volume", "ls").stdout
@@ -170,5 +171,5 @@ def test_a_pods_containers_reach_each_other_over_localhost(
         assert addresses[0] == addresses[1] and addresses[0].startswith("10.89.")
     finally:
         down = run("kube", "down", manifest)
+        run("network", "rm", "kube")
     assert down.returncode == 0, down.stderr
-    run("network", "rm", "kube")

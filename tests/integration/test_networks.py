@@ -4,6 +4,7 @@ slirp4netns, and the network commands' errors."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -35,6 +36,18 @@ def _holder(env: SandboxEnv) -> dict[str, int] | None:
         return None
     data: dict[str, int] = json.loads(path.read_text())
     return data
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_holder_left(sandbox_env: SandboxEnv) -> Iterator[None]:
+    """After this module: no network, so no holder or slirp4netns outlives the session."""
+    yield
+    for name in sandbox_env.run("network", "ls", "-q").stdout.split():
+        sandbox_env.run("network", "rm", name)
+    holder = _holder(sandbox_env)
+    if holder is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(holder["pid"], signal.SIGKILL)
 
 
 @pytest.fixture
