@@ -139,7 +139,15 @@ def container_json(container: Any, spec: Mapping[str, Any]) -> dict[str, Any]:
             "ExitCode": container.exit_code if container.exit_code is not None else 0,
             "StartedAt": container.started_at,
             "FinishedAt": container.finished_at,
-            "OOMKilled": False,
+            "OOMKilled": container.oom_killed,
+        },
+        "RestartCount": container.restart_count,
+        # What was asked for; `inspect --isolation` shows what the live process really has.
+        "Security": _security(spec),
+        "Cgroup": {
+            "Manager": container.cgroup_manager,
+            "Path": container.cgroup_path,
+            "Limits": [dict(limit) for limit in container.limits],
         },
         "Image": container.image_id,
         "ImageName": container.image,
@@ -172,6 +180,20 @@ def container_json(container: Any, spec: Mapping[str, Any]) -> dict[str, Any]:
         "NetworkSettings": {"Ports": ports, "Mode": network.get("mode")},
         "Namespaces": list(spec.get("namespaces") or ()),
     }
+
+
+def _security(spec: Mapping[str, Any]) -> dict[str, object]:
+    """The effective capabilities, seccomp, no_new_privs, masked paths and rlimits."""
+    from sandbox import codec
+    from sandbox.security import Security
+
+    raw = spec.get("security")
+    if not isinstance(raw, Mapping):
+        return {}
+    try:
+        return codec.from_json(Security, dict(raw)).describe()
+    except (TypeError, ValueError, KeyError):
+        return {}
 
 
 def _id_text(r: Any) -> str:

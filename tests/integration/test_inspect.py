@@ -175,3 +175,30 @@ def test_run_print_isolation_draws_the_report_on_stderr(
     assert done.stdout == "out\n"
     for word in ("namespace", "uid map", "caps effective", "00000000800405fb", "seccomp"):
         assert word in done.stderr, done.stderr
+
+
+def test_inspect_shows_the_security_settings_and_limits(
+    sandbox_env: SandboxEnv, busybox_image: str
+) -> None:
+    done = sandbox_env.run(
+        "run",
+        "--name",
+        "secure",
+        "--network",
+        "none",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        busybox_image,
+        "true",
+    )
+    assert done.returncode == 0, done.stderr
+    (info,) = json.loads(sandbox_env.run("inspect", "secure").stdout)
+    security = info["Security"]
+    assert security["cap_eff"] == "0000000000000000"
+    assert security["no_new_privileges"] is True
+    assert "/proc/kcore" in security["masked_paths"]
+    assert security["seccomp"]
+    assert info["State"]["OOMKilled"] is False and info["Cgroup"]["Manager"] == "disabled"
+    assert sandbox_env.run("rm", "secure").returncode == 0
