@@ -431,3 +431,26 @@ def _subids() -> list[tuple[int, int]]:
 
     mapping = idmap.for_current_user("auto")
     return [(r.outside, r.size) for r in mapping.uids if r.inside != 0][:1] or [(0, 0)]
+
+
+def test_preserve_fds_pass_on_to_the_process(
+    rt: Runtime, tmp_path: Path, busybox_tarball: Path
+) -> None:
+    bundle = make_bundle(
+        tmp_path / "b", busybox_tarball, args=["sh", "-c", "echo through-fd3 >&3; ls /proc/self/fd"]
+    )
+    out = tmp_path / "fd3"
+    command = " ".join([*RUNTIME, "--root", str(rt.root), "run", "--preserve-fds", "1"])
+    done = subprocess.run(
+        ["sh", "-c", f"exec 3>{out}; exec {command} --bundle {bundle} c10"],
+        env=env(),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == "through-fd3\n"
+    # Nothing else leaked in (4 is the directory ls itself is reading).
+    assert done.stdout.split() == ["0", "1", "2", "3", "4"]
