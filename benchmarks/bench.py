@@ -268,6 +268,7 @@ def scenario_pull(b: Bench, debian: Path | None) -> None:
                         engine.cmd("pull", "--quiet", "--tls-verify=false", ref), engine.env
                     )
                 finally:
+                    engine.stop_pause()
                     tools.remove_tree(b.sandbox, root)
 
             variants["podman"] = podman_pull
@@ -743,15 +744,8 @@ def main() -> int:
             write_results(fallback, block)
             print(f"\ncould not write {args.results} ({e.strerror}); results in {fallback}")
     finally:
-        stop_podman_pause(work)
+        Podman(work, {}).stop_pause()
     return 0
-
-
-def stop_podman_pause(work: Path) -> None:
-    """The pause process podman started for our private runtime directory ends with us."""
-    with contextlib.suppress(OSError, ValueError, ProcessLookupError):
-        pid = int((work / "podman/tmp/pause.pid").read_text().strip())
-        os.kill(pid, 15)
 
 
 if __name__ == "__main__":

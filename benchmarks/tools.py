@@ -9,9 +9,11 @@ journald to take the events. bwrap runs over the unpacked rootfs of the same tar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -126,6 +128,13 @@ class Podman:
 
     def cmd(self, *args: str) -> list[str]:
         return [*self.argv, *args]
+
+    def stop_pause(self) -> None:
+        """End the pause process podman started for this root (one per --tmpdir)."""
+        pid = self.pause_pid()
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
 
     def with_root(self, root: Path) -> Podman:
         return Podman(self.work, self.env, root)
