@@ -40,12 +40,15 @@ from typing import Any, NoReturn
 
 from sandbox import codec
 from sandbox.errors import ContainerError, ExitCode, SandboxError, UsageError
-from sandbox.oci import spec as oci
 from sandbox.rootless import syscalls
 from sandbox.rootless.channel import Channel, ChannelClosed
 from sandbox.rootless.idmap import IdMapping, IdRange
 
 STATE = "state.json"
+CONFIG = "config.json"
+# The runtime-spec version of the state JSON (sandbox/oci/spec.py's OCI_VERSION; not imported
+# from there: state, start, kill and delete stay clear of the spec conversion's imports).
+STATE_VERSION = "1.0.2"
 FIFO = "exec.fifo"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 Warn = Callable[[str], None]
@@ -111,7 +114,7 @@ class Runtime:
     def state_json(self, st: State) -> dict[str, Any]:
         status = self.status(st)
         return {
-            "ociVersion": oci.OCI_VERSION,
+            "ociVersion": STATE_VERSION,
             "id": st.id,
             "status": status,
             "pid": st.pid if status != "stopped" else 0,
@@ -129,7 +132,12 @@ class Runtime:
         return out
 
     def config(self, container_id: str) -> dict[str, Any]:
-        return oci.load(self.dir(container_id))
+        path = self.dir(container_id) / CONFIG
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ContainerError(f"cannot read {path}", context=str(e)) from e
+        return data if isinstance(data, dict) else {}
 
     # --- create ----------------------------------------------------------------------------
 
@@ -142,6 +150,8 @@ class Runtime:
         console_socket: Path | None = None,
         preserve_fds: int = 0,
     ) -> State:
+        from sandbox.oci import spec as oci
+
         cdir = self.dir(container_id)
         bundle = Path(os.path.abspath(bundle))
         config = oci.load(bundle)
@@ -195,7 +205,7 @@ class Runtime:
                 start_fifo=f"/proc/self/fd/{fifo_fd}",
                 preserve_fds=preserve_fds,
             )
-            (cdir / oci.CONFIG).write_text(json.dumps(config))
+            (cdir / CONFIG).write_text(json.dumps(config))
             manager = _cgroup_manager(spec)
             pid1 = self._spawn(spec, own_userns, privileged, config, console_socket, manager)
             st = State(
@@ -390,6 +400,7 @@ class Runtime:
     ) -> int:
         """A new process in a running container (runtime/exec.py's joining); its exit status,
         or 0 at once with detach."""
+        from sandbox.oci import spec as oci
         from sandbox.rootless.userns import assert_single_threaded
         from sandbox.runtime import exec as exec_
 
@@ -512,6 +523,8 @@ def _cgroup_manager(spec: Any) -> Any:
 
 def _mapping(config: dict[str, Any], own_userns: bool, privileged: bool) -> IdMapping:
     """The container's id mapping, in the ids of the namespace we run in."""
+    from sandbox.oci import spec as oci
+
     ours = own_mapping()
     if not own_userns:
         return ours  # no user namespace of its own: ours, as it is
@@ -695,6 +708,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def features() -> dict[str, Any]:
     """`sandbox-runtime features` (runtime-spec features.md)."""
+    from sandbox.oci import spec as oci
     from sandbox.rootless import caps, mounts
 
     return {
