@@ -312,7 +312,7 @@ class Runtime:
             )
         config = self.config(container_id)
         hooks = config.get("hooks") or {}
-        run_hooks("startContainer", hooks.get("startContainer"), self.state_json(st))
+        self._container_hooks(st, config, hooks.get("startContainer"))
         fifo = self.dir(container_id) / FIFO
         # Non-blocking: the open returns at once and wakes PID 1, blocked opening for writing.
         fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -336,6 +336,30 @@ class Runtime:
                 run_hooks(hook, hooks.get(hook), self.state_json(st))
             except SandboxError as error:
                 self.warn(str(error))
+
+    def _container_hooks(self, st: State, config: dict[str, Any], hooks: Any) -> None:
+        """startContainer hooks: in the container's namespaces (its root, its PID namespace),
+        with the process's capabilities and seccomp, the state JSON on stdin."""
+        if not hooks:
+            return
+        if not isinstance(hooks, list):
+            raise UsageError("config.json: hooks.startContainer: must be a list")
+        state = json.dumps(self.state_json(st)).encode()
+        for number, hook in enumerate(hooks):
+            field = f"hooks.startContainer[{number}]"
+            path = hook.get("path") if isinstance(hook, dict) else None
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise UsageError(f"config.json: {field}.path: must be an absolute path")
+            process = dict(config.get("process") or {})
+            process.update(
+                args=[path, *[str(a) for a in (hook.get("args") or [path])[1:]]],
+                env=[str(e) for e in hook.get("env") or []],
+                cwd="/",
+                terminal=False,
+            )
+            code = self._exec_in(st, process, stdin=state)
+            if code != 0:
+                raise ContainerError(f"{field} ({path}) failed with exit status {code}")
 
     def kill(self, container_id: str, signum: int, *, all_processes: bool = False) -> None:
         st = self.load(container_id)
@@ -400,14 +424,29 @@ class Runtime:
     ) -> int:
         """A new process in a running container (runtime/exec.py's joining); its exit status,
         or 0 at once with detach."""
-        from sandbox.oci import spec as oci
-        from sandbox.rootless.userns import assert_single_threaded
-        from sandbox.runtime import exec as exec_
-
         st = self.load(container_id)
         status = self.status(st)
         if status != "running":
             raise ContainerError(f"cannot exec in container {container_id}: it is {status}")
+        return self._exec_in(
+            st, process, detach=detach, console_socket=console_socket, pid_file=pid_file
+        )
+
+    def _exec_in(
+        self,
+        st: State,
+        process: dict[str, Any],
+        *,
+        detach: bool = False,
+        console_socket: Path | None = None,
+        pid_file: Path | None = None,
+        stdin: bytes | None = None,
+    ) -> int:
+        from sandbox.oci import spec as oci
+        from sandbox.rootless.userns import assert_single_threaded
+        from sandbox.runtime import exec as exec_
+
+        container_id = st.id
         config = dict(self.config(container_id))
         config["process"] = process
         ctx = oci.Context(Path(st.bundle), container_id, st.mapping, seccomp_dir=None)
@@ -423,13 +462,23 @@ class Runtime:
             # The process is our grandchild: as a subreaper we inherit it and see its status.
             syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
         parent_end, child_end = Channel.pair()
+        feed = os.pipe() if stdin is not None else None
         child = os.fork()
         if child == 0:  # pragma: no cover - runs in the child
             parent_end.close()
+            if feed is not None:
+                os.dup2(feed[0], 0)
+                os.close(feed[0])
+                os.close(feed[1])
             exec_._join(spec, namespaces, child_end, detach)
         child_end.close()
         for fd in namespaces.values():
             os.close(fd)
+        if feed is not None:
+            os.close(feed[0])
+            with contextlib.suppress(OSError):
+                os.write(feed[1], stdin or b"")  # the state JSON fits a pipe's buffer
+            os.close(feed[1])
         pid: int | None = None
         try:
             message, _ = parent_end.expect("pid1")

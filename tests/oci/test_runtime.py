@@ -274,22 +274,33 @@ def test_hooks_run_at_their_points_with_the_state(
     rt: Runtime, tmp_path: Path, busybox_tarball: Path
 ) -> None:
     bundle = make_bundle(tmp_path / "b", busybox_tarball, args=["true"])
-    record = tmp_path / "hooks.log"
+    (tmp_path / "rec").mkdir()
+    record = tmp_path / "rec/hooks.log"
     hook = tmp_path / "hook.sh"
     hook.write_text(f'#!/bin/sh\nread state\necho "$1 $state" >> {record}\n')
     hook.chmod(0o755)
+    # startContainer runs inside the container: its path is the container's, /rec is bound.
+    inside = bundle / "rootfs/hook.sh"
+    inside.write_text(
+        '#!/bin/sh\nread state\necho "$1 $state" >> /rec/hooks.log\n'
+        "hostname > /rec/where; readlink /proc/self/ns/pid >> /rec/where\n"
+    )
+    inside.chmod(0o755)
     config = config_of(bundle)
+    config["mounts"].append(
+        {
+            "destination": "/rec",
+            "type": "bind",
+            "source": str(tmp_path / "rec"),
+            "options": ["rbind", "rw"],
+        }
+    )
+    config["hostname"] = "hooked"
     config["hooks"] = {
         kind: [{"path": str(hook), "args": ["hook.sh", kind]}]
-        for kind in (
-            "prestart",
-            "createRuntime",
-            "createContainer",
-            "startContainer",
-            "poststart",
-            "poststop",
-        )
+        for kind in ("prestart", "createRuntime", "createContainer", "poststart", "poststop")
     }
+    config["hooks"]["startContainer"] = [{"path": "/hook.sh", "args": ["x", "startContainer"]}]
     write_config(bundle, config)
     rt.run_to_end(bundle, "c8")
     entries = [line.split(" ", 1) for line in record.read_text().splitlines()]
@@ -304,6 +315,8 @@ def test_hooks_run_at_their_points_with_the_state(
     states = [json.loads(state) for _, state in entries]
     assert all(s["id"] == "c8" and s["bundle"] == str(bundle) for s in states)
     assert states[0]["status"] == "created" and states[-1]["status"] == "stopped"
+    hostname, pid_ns = (tmp_path / "rec/where").read_text().split()
+    assert hostname == "hooked" and pid_ns != os.readlink("/proc/self/ns/pid")
     # A failing createRuntime hook fails create and leaves nothing behind.
     config["hooks"] = {"createRuntime": [{"path": "/bin/false"}]}
     write_config(bundle, config)
