@@ -221,8 +221,10 @@ class Runtime:
             )
             _write_atomic(cdir / STATE, json.dumps(codec.to_json(st)).encode())
             hooks = config.get("hooks") or {}
-            for kind in ("prestart", "createRuntime", "createContainer"):
+            for kind in ("prestart", "createRuntime"):
                 run_hooks(kind, hooks.get(kind), self.state_json(st))
+            # PID 1 has pivoted and waits on the FIFO: these run in the container.
+            self._container_hooks(st, config, "createContainer", hooks.get("createContainer"))
             if pid_file is not None:
                 _write_atomic(Path(os.path.abspath(pid_file)), str(pid1).encode())
             return st
@@ -312,7 +314,7 @@ class Runtime:
             )
         config = self.config(container_id)
         hooks = config.get("hooks") or {}
-        self._container_hooks(st, config, hooks.get("startContainer"))
+        self._container_hooks(st, config, "startContainer", hooks.get("startContainer"))
         fifo = self.dir(container_id) / FIFO
         # Non-blocking: the open returns at once and wakes PID 1, blocked opening for writing.
         fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -337,16 +339,16 @@ class Runtime:
             except SandboxError as error:
                 self.warn(str(error))
 
-    def _container_hooks(self, st: State, config: dict[str, Any], hooks: Any) -> None:
-        """startContainer hooks: in the container's namespaces (its root, its PID namespace),
-        with the process's capabilities and seccomp, the state JSON on stdin."""
+    def _container_hooks(self, st: State, config: dict[str, Any], kind: str, hooks: Any) -> None:
+        """createContainer and startContainer hooks: in the container's namespaces (its root,
+        its PID namespace), with the process's capabilities and seccomp, state on stdin."""
         if not hooks:
             return
         if not isinstance(hooks, list):
-            raise UsageError("config.json: hooks.startContainer: must be a list")
+            raise UsageError(f"config.json: hooks.{kind}: must be a list")
         state = json.dumps(self.state_json(st)).encode()
         for number, hook in enumerate(hooks):
-            field = f"hooks.startContainer[{number}]"
+            field = f"hooks.{kind}[{number}]"
             path = hook.get("path") if isinstance(hook, dict) else None
             if not isinstance(path, str) or not path.startswith("/"):
                 raise UsageError(f"config.json: {field}.path: must be an absolute path")

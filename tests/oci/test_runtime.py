@@ -279,11 +279,11 @@ def test_hooks_run_at_their_points_with_the_state(
     hook = tmp_path / "hook.sh"
     hook.write_text(f'#!/bin/sh\nread state\necho "$1 $state" >> {record}\n')
     hook.chmod(0o755)
-    # startContainer runs inside the container: its path is the container's, /rec is bound.
+    # createContainer and startContainer run inside the container: paths are its own (/rec bound).
     inside = bundle / "rootfs/hook.sh"
     inside.write_text(
         '#!/bin/sh\nread state\necho "$1 $state" >> /rec/hooks.log\n'
-        "hostname > /rec/where; readlink /proc/self/ns/pid >> /rec/where\n"
+        "hostname >> /rec/where; readlink /proc/self/ns/pid >> /rec/where\n"
     )
     inside.chmod(0o755)
     config = config_of(bundle)
@@ -298,9 +298,10 @@ def test_hooks_run_at_their_points_with_the_state(
     config["hostname"] = "hooked"
     config["hooks"] = {
         kind: [{"path": str(hook), "args": ["hook.sh", kind]}]
-        for kind in ("prestart", "createRuntime", "createContainer", "poststart", "poststop")
+        for kind in ("prestart", "createRuntime", "poststart", "poststop")
     }
-    config["hooks"]["startContainer"] = [{"path": "/hook.sh", "args": ["x", "startContainer"]}]
+    for kind in ("createContainer", "startContainer"):
+        config["hooks"][kind] = [{"path": "/hook.sh", "args": ["x", kind]}]
     write_config(bundle, config)
     rt.run_to_end(bundle, "c8")
     entries = [line.split(" ", 1) for line in record.read_text().splitlines()]
@@ -315,8 +316,9 @@ def test_hooks_run_at_their_points_with_the_state(
     states = [json.loads(state) for _, state in entries]
     assert all(s["id"] == "c8" and s["bundle"] == str(bundle) for s in states)
     assert states[0]["status"] == "created" and states[-1]["status"] == "stopped"
-    hostname, pid_ns = (tmp_path / "rec/where").read_text().split()
-    assert hostname == "hooked" and pid_ns != os.readlink("/proc/self/ns/pid")
+    where = (tmp_path / "rec/where").read_text().split()
+    assert where[::2] == ["hooked", "hooked"]
+    assert os.readlink("/proc/self/ns/pid") not in where
     # A failing createRuntime hook fails create and leaves nothing behind.
     config["hooks"] = {"createRuntime": [{"path": "/bin/false"}]}
     write_config(bundle, config)
