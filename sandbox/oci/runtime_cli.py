@@ -54,7 +54,7 @@ def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
             flag, action="store_true", default=argparse.SUPPRESS if suppress else False
         )
     parser.add_argument(
-        "--rootless", default=default, nargs="?", const="true", help="accepted (always rootless)"
+        "--rootless", default=default, choices=("true", "false", "auto"), help="accepted; ignored"
     )
 
 
@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except SandboxError as error:
-        log.write("error", str(error))
-        print(f"sandbox-runtime: error: {error}", file=sys.stderr)
+        hint = f" (hint: {error.hint})" if error.hint else ""
+        log.write("error", f"{error}{hint}")
+        print(f"sandbox-runtime: error: {error}{hint}", file=sys.stderr)
         return int(getattr(error, "exit_code", ExitCode.ENGINE))
     except KeyboardInterrupt:
         return 130
