@@ -317,7 +317,10 @@ class Runtime:
         self._container_hooks(st, config, "startContainer", hooks.get("startContainer"))
         fifo = self.dir(container_id) / FIFO
         # Non-blocking: the open returns at once and wakes PID 1, blocked opening for writing.
-        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:  # a concurrent start won
+            raise ContainerError(f"cannot start container {container_id}: it is running") from None
         try:
             deadline = time.monotonic() + 10
             while True:
