@@ -298,11 +298,15 @@ def parse_restart(policy: str) -> tuple[str, int]:
     """no | always | unless-stopped | on-failure[:N] -> (kind, max retries; 0 = unlimited)."""
     kind, _, count = policy.partition(":")
     if kind not in ("no", "always", "on-failure", "unless-stopped"):
-        raise UsageError(f"invalid restart policy {policy!r}",
-                         hint="use no, always, unless-stopped or on-failure[:N]")
+        raise UsageError(
+            f"invalid restart policy {policy!r}",
+            hint="use no, always, unless-stopped or on-failure[:N]",
+        )
     if count and (kind != "on-failure" or not count.isdigit()):
-        raise UsageError(f"invalid restart policy {policy!r}",
-                         hint="only on-failure takes a count, as in on-failure:3")
+        raise UsageError(
+            f"invalid restart policy {policy!r}",
+            hint="only on-failure takes a count, as in on-failure:3",
+        )
     return kind, int(count or 0)
 
 

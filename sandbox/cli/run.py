@@ -136,8 +136,9 @@ def register(app: typer.Typer) -> None:
             from sandbox.errors import UsageError
 
             raise UsageError(
-                "give an IMAGE, or --bundle DIR" if image is None else
-                "--bundle runs the bundle's own config.json: give no IMAGE or command",
+                "give an IMAGE, or --bundle DIR"
+                if image is None
+                else "--bundle runs the bundle's own config.json: give no IMAGE or command",
                 hint="sandbox run busybox echo hi, or sandbox run --bundle ./bundle",
             )
         options = RunOptions(

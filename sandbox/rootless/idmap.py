@@ -168,9 +168,7 @@ def keep_id(base: IdMapping) -> IdMapping:
     uid+1.. to the rest of the subordinate ranges: the same host ids as base, in another order.
     """
     if base.single:
-        raise HostError(
-            "--userns=keep-id needs subordinate ids", context=base.single_reason or ""
-        )
+        raise HostError("--userns=keep-id needs subordinate ids", context=base.single_reason or "")
     _name, uid, gid = current_user()
     return IdMapping(_keep(base.uids, uid), _keep(base.gids, gid))
 

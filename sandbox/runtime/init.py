@@ -54,6 +54,7 @@ def namespace_flags(names: tuple[str, ...]) -> int:
         flags |= NAMESPACE_FLAGS[name]
     return flags
 
+
 TIOCSPTLCK = 0x40045431
 TIOCGPTN = 0x80045430
 TIOCGPTPEER = 0x5441
@@ -223,9 +224,10 @@ def setup_root(spec: ContainerSpec, channel: Channel) -> int | None:
         if "net" in spec.namespaces:
             # podman's default sysctl: ping without CAP_NET_RAW, for root of the container.
             # Before mask_paths, which makes /proc/sys read-only.
-            with contextlib.suppress(OSError), open(
-                "/proc/sys/net/ipv4/ping_group_range", "w"
-            ) as f:
+            with (
+                contextlib.suppress(OSError),
+                open("/proc/sys/net/ipv4/ping_group_range", "w") as f,
+            ):
                 f.write("0 0")
         _write_sysctls(spec)
         security.mask_paths(root_fd, spec.security)
