@@ -260,3 +260,43 @@ def run(
     if os.WIFEXITED(status):
         return os.WEXITSTATUS(status)
     return 128 + os.WTERMSIG(status)
+
+
+def run_joined(pid: int, body: Callable[[], object]) -> str | None:
+    """Run body() in a forked child that joined pid's user and network namespaces.
+
+    The user namespace comes first: it gives the child the capabilities to join the network
+    namespace it owns. Returns None on success, else what went wrong (the exception's text, or
+    the child's wait status), for the caller to wrap in an error that says what it was doing.
+    """
+    from sandbox.rootless import syscalls
+
+    assert_single_threaded()  # setns(CLONE_NEWUSER) refuses a threaded process
+    fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in ("user", "net")]
+    read_end, write_end = os.pipe()
+    try:
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the forked child
+            os.close(read_end)
+            code = 0
+            try:
+                syscalls.setns(fds[0], syscalls.CLONE_NEWUSER)
+                syscalls.setns(fds[1], syscalls.CLONE_NEWNET)
+                body()
+            except BaseException as error:
+                os.write(write_end, f"{type(error).__name__}: {error}".encode()[:500])
+                code = 1
+            os._exit(code)
+        os.close(write_end)
+        write_end = -1
+        with os.fdopen(read_end, "rb") as errors:
+            read_end = -1
+            message = errors.read().decode(errors="replace")
+        status = wait_pid(child)
+    finally:
+        for fd in (*fds, read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+    if message or status != 0:
+        return message or f"wait status {status}"
+    return None

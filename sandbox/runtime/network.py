@@ -564,39 +564,14 @@ def apply_egress(config: NetworkConfig, pid: int, resolv: str) -> None:
     its user namespace (we own it, so setns gives the child every capability there) and then
     its network namespace. The container itself lacks CAP_NET_ADMIN: it cannot lift the rules.
     """
-    from sandbox.rootless import nftables, syscalls, userns
+    from sandbox.rootless import nftables, userns
 
     allowed = egress_allowed(config, resolv)
-    userns.assert_single_threaded()  # setns(CLONE_NEWUSER) refuses a threaded process
-    fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in ("user", "net")]
-    read_end, write_end = os.pipe()
-    try:
-        child = os.fork()
-        if child == 0:  # pragma: no cover - runs in the forked child
-            os.close(read_end)
-            code = 0
-            try:
-                syscalls.setns(fds[0], syscalls.CLONE_NEWUSER)
-                syscalls.setns(fds[1], syscalls.CLONE_NEWNET)
-                nftables.install(allowed)
-            except BaseException as error:
-                os.write(write_end, str(error).encode()[:500])
-                code = 1
-            os._exit(code)
-        os.close(write_end)
-        write_end = -1
-        with os.fdopen(read_end, "rb") as errors:
-            read_end = -1
-            message = errors.read().decode(errors="replace")
-        _, status = os.waitpid(child, 0)
-    finally:
-        for fd in (*fds, read_end, write_end):
-            if fd >= 0:
-                os.close(fd)
-    if message or status != 0:
+    failure = userns.run_joined(pid, lambda: nftables.install(allowed))
+    if failure is not None:
         raise HostError(
             "cannot install the --egress-allow rules in the container's network namespace",
-            context=message or f"wait status {status}",
+            context=failure,
             hint="the kernel needs nf_tables (CONFIG_NF_TABLES, CONFIG_NFT_REJECT_INET, "
             "CONFIG_NFT_CT); 'sandbox doctor' checks it",
         )

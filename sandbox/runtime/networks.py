@@ -485,41 +485,11 @@ def _start_slirp4netns(pid: int, api: Path, exit_r: int, log_path: Path) -> subp
     return process
 
 
-def _in_holder(holder: Holder, body: Any, extra_fds: tuple[int, ...] = ()) -> None:
+def _in_holder(holder: Holder, body: Any) -> None:
     """Run body() in a child that joined the holder's user and network namespaces."""
-    userns.assert_single_threaded()
-    fds = [
-        os.open(f"/proc/{holder.pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in ("user", "net")
-    ]
-    read_end, write_end = os.pipe()
-    try:
-        child = os.fork()
-        if child == 0:  # pragma: no cover - runs in the forked child
-            os.close(read_end)
-            code = 0
-            try:
-                syscalls.setns(fds[0], syscalls.CLONE_NEWUSER)
-                syscalls.setns(fds[1], syscalls.CLONE_NEWNET)
-                body()
-            except BaseException as error:
-                os.write(write_end, f"{type(error).__name__}: {error}".encode()[:500])
-                code = 1
-            os._exit(code)
-        os.close(write_end)
-        write_end = -1
-        with os.fdopen(read_end, "rb") as errors:
-            read_end = -1
-            message = errors.read().decode(errors="replace")
-        status = userns.wait_pid(child)
-    finally:
-        for fd in (*fds, read_end, write_end):
-            if fd >= 0:
-                os.close(fd)
-    if message or status != 0:
-        raise HostError(
-            "cannot configure the rootless network namespace",
-            context=message or f"wait status {status}",
-        )
+    failure = userns.run_joined(holder.pid, body)
+    if failure is not None:
+        raise HostError("cannot configure the rootless network namespace", context=failure)
 
 
 def _delete_link(name: str) -> None:  # pragma: no cover - runs in the holder's namespace
