@@ -103,3 +103,28 @@ def test_gitlab_ci_job_script_runs(
     assert "all checks passed" in done.stdout
     for artifact in job["artifacts"]["paths"]:
         assert (root / artifact).is_file()
+
+
+def test_seccomp_example_denies_network_sockets(
+    sandbox_env: SandboxEnv, busybox_image: str
+) -> None:
+    """examples/seccomp/deny-network.json, used as its comment says: socket() is refused."""
+    profile = EXAMPLES / "seccomp" / "deny-network.json"
+    script = "wget -q -O - http://127.0.0.1:9/ ; echo status=$?"
+    confined = sandbox_env.run(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--security-opt",
+        f"seccomp={profile}",
+        busybox_image,
+        "sh",
+        "-c",
+        script,
+    )
+    assert "status=1" in confined.stdout, confined.stderr
+    assert "ermission denied" in confined.stderr, confined.stderr
+    # Without the profile the socket is made and the connection is refused instead.
+    free = sandbox_env.run("run", "--rm", "--network", "none", busybox_image, "sh", "-c", script)
+    assert "refused" in free.stderr, free.stderr
