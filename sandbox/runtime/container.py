@@ -433,8 +433,8 @@ def _wait_for_exec(channel: Channel) -> None:
 
 
 def remove_files(store: ContainerStore, container: Container, mapping: IdMapping) -> None:
-    """Delete a container's directory; its files belong to subordinate ids, so we delete them
-    from inside a user namespace with the same mapping."""
+    """Delete a container's directory. Files that belong to subordinate ids are deleted from
+    inside a user namespace with the same mapping."""
     if container.cgroup_manager != "disabled":
         # The record may predate the cgroup's path; the manager finds it by the id. A cgroup
         # still busy (a killed process not yet gone) is removed by the next command's cleanup.
@@ -446,13 +446,21 @@ def remove_files(store: ContainerStore, container: Container, mapping: IdMapping
     if not path.exists():
         return
 
-    def rmtree(_channel: Channel) -> int:
-        def gone_already(_function: object, _path: str, info: object) -> None:
-            # A file its monitor removed meanwhile (the attach socket) is fine.
-            error = info[1] if isinstance(info, tuple) else info
-            if not isinstance(error, FileNotFoundError):
-                raise error  # type: ignore[misc]
+    def gone_already(_function: object, _path: str, info: object) -> None:
+        # A file its monitor removed meanwhile (the attach socket) is fine.
+        error = info[1] if isinstance(info, tuple) else info
+        if not isinstance(error, FileNotFoundError):
+            raise error  # type: ignore[misc]
 
+    try:
+        # Most containers only wrote files of their root, which is us on the host: then a
+        # plain removal works and saves a user namespace and two newuidmap runs per --rm.
+        shutil.rmtree(path, onerror=gone_already)
+        return
+    except OSError:
+        pass  # files of subordinate ids (or a sticky directory): remove the rest as them
+
+    def rmtree(_channel: Channel) -> int:
         shutil.rmtree(path, onerror=gone_already)
         return 0
 

@@ -353,6 +353,18 @@ def test_rm_leaves_nothing_behind(sandbox_env: SandboxEnv, busybox_image: str) -
             "mkdir -p /a/b; touch /a/b/c; chown 1000:1000 /a/b/c",
         )
     )
+    # A directory of a subordinate id, with a file in it and no write bit for its group and
+    # others: only the container's user namespace can empty it.
+    _ok(
+        sandbox_env.run(
+            "run",
+            "--rm",
+            busybox_image,
+            "sh",
+            "-c",
+            "mkdir -m 0755 /owned && touch /owned/f && chown -R 1000:1000 /owned",
+        )
+    )
     after = {p.name for p in containers.iterdir()}
     assert after - before <= {".lock"}
 
