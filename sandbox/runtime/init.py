@@ -8,14 +8,17 @@ is close-on-exec, so its EOF tells P the command was exec'd.
   1     I     unshare(CLONE_NEWUSER)                                 I->P unshared
   2     P     newuidmap/newgidmap on I                               P->I mapped
   2b    P     moves I into the container's cgroup, limits written    P->I cgroup
-  3     I     unshare(mount, PID, net, IPC, UTS, cgroup, time); fork 1     I->P pid1 {pid}; I exits
+  3     I     unshare(mount, PID, net, IPC, UTS, cgroup, time);     I->P pid1 {pid}; I exits
+              fork 1
   4     P     reaps I; 1 is reparented to P (a child subreaper)      P->1 reparented
   5     1     PDEATHSIG; lo up; mounts: rootfs, /proc, /dev, /sys, volumes
   6     1     (-t) opens a pty in the container's devpts             1->P pty [master fd]
   7     P     sets the pty's window size from its terminal           P->1 pty_ready
   8     1     pivot_root, hostname, resolves the user                1->P ready
-  9     P     (the place for network and cgroup setup)               P->1 start
-  10    1/C   user, stdio, closes fds, execve                        EOF, or C->P error {126|127}
+  9     P     network helper (slirp4netns/pasta joins 1's netns),    P->1 start
+              published ports, egress rules
+  10    1/C   rlimits, user, caps, no_new_privs, stdio, closes fds,  EOF, or C->P error {126|127}
+              seccomp last, execve
 """
 
 from __future__ import annotations
