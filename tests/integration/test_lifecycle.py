@@ -91,10 +91,9 @@ def test_detached_httpd_ps_exec_logs_stop_rm(
     assert stamped.stderr.endswith(" to-stderr\n")
     assert _ok(run("logs", "--tail", "0", "web")) == ""
 
-    # httpd as PID 1 ignores SIGTERM (no handler), so stop has to fall back to SIGKILL.
-    started = time.monotonic()
+    # httpd as PID 1 ignores SIGTERM (no handler), so stop has to fall back to SIGKILL once
+    # its timeout passes: exit 137 shows it did (no wall-clock assertion).
     _ok(run("stop", "-t", "1", "web"))
-    assert time.monotonic() - started < 15
     (web,) = _ps(run, "-a")
     assert web["State"] == "exited" and web["ExitCode"] == 137
     assert not os.path.exists(f"/proc/{pid}")
