@@ -5,11 +5,13 @@ skips with the probe's own detail and fix. SANDBOX_REQUIRE_FEATURES (a comma lis
 names the features the host is known to provide; a missing one is then a failure, so a green
 CI run cannot hide a skipped namespace test.
 
-Besides the product's probes, the harness knows three features of its own:
+Besides the product's probes, the harness knows features of its own:
   busybox        /bin/busybox from busybox-static (for the busybox rootfs)
   debian_rootfs  SANDBOX_TEST_DEBIAN_TARBALL, a debootstrap'd rootfs that scripts/test.sh builds
   unprivileged   the tests run as a user other than root (rootless is the product)
   registry       docker-registry and skopeo, for tests/integration/test_registry.py
+  vm             SANDBOX_TEST_VM_IMAGE, the systemd VM image scripts/vm-image.sh builds
+  gcc            gcc and libc6-dev, which build tests/security's static syscall probe
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import pytest
 from sandbox.rootless import features
 
 REPO = Path(__file__).resolve().parent.parent
-HARNESS_FEATURES = ("busybox", "debian_rootfs", "unprivileged", "registry", "vm")
+HARNESS_FEATURES = ("busybox", "debian_rootfs", "unprivileged", "registry", "vm", "gcc")
 DEFAULT_TIMEOUT = 120.0
 ROOT_REASON = "container tests must run as an unprivileged user; use scripts/test.sh"
 

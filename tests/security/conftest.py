@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import helpers
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -18,7 +20,7 @@ def sysprobe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/security/sysprobe.c built static on the host (the container has no compiler)."""
     gcc = shutil.which("gcc")
     if gcc is None:
-        pytest.skip("needs gcc and libc6-dev to build the static syscall probe")
+        helpers.missing("gcc", "gcc and libc6-dev build the static syscall probe")
     out = tmp_path_factory.mktemp("sysprobe") / "sysprobe"
     done = subprocess.run(
         [gcc, "-static", "-O1", "-o", str(out), str(HERE / "sysprobe.c")],
@@ -26,7 +28,9 @@ def sysprobe(tmp_path_factory: pytest.TempPathFactory) -> Path:
         text=True,
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot build the static syscall probe: {done.stderr.strip()[:300]}")
+        helpers.missing(
+            "gcc", f"cannot build the static syscall probe: {done.stderr.strip()[:300]}"
+        )
     out.parent.chmod(0o755)
     return out
 
