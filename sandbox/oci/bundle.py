@@ -88,7 +88,7 @@ def create(settings: Any, options: Any, warn: Warn) -> tuple[Any, Any]:
             hint="unpack the root filesystem there (root.path is relative to the bundle)",
         )
     spec = dataclasses.replace(spec, id=container_id, name=name, image=str(bundle))
-    manager, enforced = container._cgroup_manager(
+    manager, enforced = container.cgroup_manager(
         settings, dataclasses.replace(options, resources=spec.resources), store, warn
     )
     record = store.create(

@@ -25,7 +25,7 @@ _CHUNK = 65536
 def attach(settings: Settings, name_or_id: str, *, stdin: bool = True) -> int | None:
     """Relay until the container exits (its exit code) or the user detaches (None)."""
     store = ContainerStore(settings.containers_root)
-    container = lifecycle.running(store, name_or_id)
+    container = store.lookup_running(name_or_id)
     spec = store.load_spec(container.id)
     name, fd = monitor.short_path(monitor.attach_socket_path(store, container.id))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

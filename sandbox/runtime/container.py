@@ -14,9 +14,8 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 
 from sandbox import spec as specs
 from sandbox import volumes
@@ -29,10 +28,10 @@ from sandbox.errors import (
     exit_code_for_wait_status,
 )
 from sandbox.rootless import cgroups, idmap, syscalls, userns
-from sandbox.rootless.channel import Channel, ChannelClosed
+from sandbox.rootless.channel import Channel
 from sandbox.rootless.idmap import IdMapping
 from sandbox.rootless.userns import wait_pid
-from sandbox.runtime import hostroot, init, network, networks, state, tty
+from sandbox.runtime import hostroot, init, network, networks, parent, state
 from sandbox.runtime.state import Container, ContainerStore
 
 Warn = Callable[[str], None]
@@ -102,7 +101,7 @@ def create(
         )
         image_config, image_id = dict(image.config), image.id
         lowers = tuple(ImageStore(settings.storage_root, mapping).layer_paths(image))
-    manager, enforced = _cgroup_manager(settings, options, store, warn)
+    manager, enforced = cgroup_manager(settings, options, store, warn)
     container_id = store.new_id()
     name = options.name or store.unique_name()
     cdir = store.dir(container_id)
@@ -170,7 +169,7 @@ def create(
     return spec, record
 
 
-def _cgroup_manager(
+def cgroup_manager(
     settings: Settings, options: specs.RunOptions, store: ContainerStore, warn: Warn
 ) -> tuple[cgroups.Manager, bool]:
     """The cgroup manager for a new container, and whether its limits will be enforced.
@@ -202,7 +201,7 @@ def run(
     spec, record = create(settings, options, warn=warn)
     store = ContainerStore(settings.containers_root)
     try:
-        return _start_and_wait(spec, store, record, on_started=on_started)
+        return start_and_wait(spec, store, record, on_started=on_started)
     finally:
         if options.remove:
             remove_files(store, record, spec.mapping)
@@ -236,68 +235,12 @@ def _prepare_dirs(spec: specs.ContainerSpec) -> None:
         keepid.write(etc, layers, keepid.host_identity())
 
 
-class _SignalForwarder:
-    """Passes the signals `sandbox run` receives on to the container's PID 1.
-
-    Signals that arrive before the command runs are held back: a PID 1 without a handler
-    ignores them, so delivering them during setup would lose them.
-    """
-
-    def __init__(self) -> None:
-        self.pid: int | None = None
-        self.pending: list[int] = []
-        self.saved: dict[int, object] = {}
-        self.on_winch: Callable[[], None] | None = None
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if signum == signal.SIGWINCH:
-            if self.on_winch is not None:
-                self.on_winch()
-            return
-        if self.pid is None:
-            self.pending.append(signum)
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signum)
-
-    def arm(self, pid: int) -> None:
-        self.pid = pid
-        for signum in self.pending:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-        self.pending.clear()
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[_SignalForwarder]:
-        for signum in init.FORWARDED:
-            self.saved[signum] = signal.signal(signum, self._handle)
-        try:
-            yield self
-        finally:
-            for number, handler in self.saved.items():
-                signal.signal(number, handler)  # type: ignore[arg-type]
-
-
-# What to do with the container's output while it runs (given the pty master, if any); the
-# default relays the pty to the caller's terminal. The monitor of a detached container writes
-# logs instead.
-Pump = Callable[[specs.ContainerSpec, "int | None"], None]
-
-
-def relay_terminal(spec: specs.ContainerSpec, master: int | None) -> None:
-    if master is None:
-        return
-    stdin = 0 if spec.process.interactive else None
-    with tty.raw_mode(0) if stdin is not None else contextlib.nullcontext():
-        tty.relay(master, stdin=stdin)
-
-
-def _start_and_wait(
+def start_and_wait(
     spec: specs.ContainerSpec,
     store: ContainerStore,
     record: Container,
     *,
-    pump: Pump = relay_terminal,
+    pump: parent.Pump = parent.relay_terminal,
     on_started: Callable[[Container], None] | None = None,
 ) -> int:
     # PID 1 is a grandchild: as a subreaper we inherit it when the intermediate exits, so
@@ -305,7 +248,7 @@ def _start_and_wait(
     syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
     # A published port in use fails now, before any process exists.
     network.check_ports_free(spec.network.ports)
-    forwarder = _SignalForwarder()
+    forwarder = parent.SignalForwarder()
     pid1: int | None = None
     master: int | None = None
     helper: network.Helper | None = None
@@ -336,7 +279,7 @@ def _start_and_wait(
                 )
                 channel.send("reparented")
                 if spec.process.terminal:
-                    master = _receive_pty(channel, forwarder)
+                    master = parent.receive_pty(channel, forwarder)
                 channel.expect("ready")
                 # Step 9: PID 1's namespaces exist and it waits; the helper joins them.
                 helper = network.start(spec.network, pid1, store.dir(spec.id), runtime_root())
@@ -345,7 +288,7 @@ def _start_and_wait(
                 if spec.network.ports:
                     record = store.update(record, ports=tuple(map(str, spec.network.ports)))
                 channel.send("start")
-                _wait_for_exec(channel)
+                parent.wait_for_exec(channel)
             finally:
                 channel.close()
         except BaseException as error:
@@ -409,27 +352,6 @@ def _release_cgroup(record: Container) -> None:
     if manager is not None:
         with contextlib.suppress(SandboxError):
             manager.release(record.id)
-
-
-def _receive_pty(channel: Channel, forwarder: _SignalForwarder) -> int:
-    _, fds = channel.expect("pty")
-    if len(fds) != 1:
-        raise ContainerError("internal protocol error", context="expected one pty fd")
-    master = fds[0]
-    source = tty.caller_terminal()
-    tty.copy_window_size(source, master)
-    forwarder.on_winch = lambda: tty.copy_window_size(source, master)
-    channel.send("pty_ready")
-    return master
-
-
-def _wait_for_exec(channel: Channel) -> None:
-    """EOF on the close-on-exec channel means execve succeeded; an error message means not."""
-    try:
-        while True:
-            channel.recv()
-    except ChannelClosed:
-        return
 
 
 def remove_files(store: ContainerStore, container: Container, mapping: IdMapping) -> None:

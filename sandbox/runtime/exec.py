@@ -28,8 +28,7 @@ from sandbox.errors import ContainerError, ExitCode, exit_code_for_wait_status
 from sandbox.rootless import syscalls, userns
 from sandbox.rootless.channel import Channel
 from sandbox.rootless.userns import assert_single_threaded
-from sandbox.runtime import container as engine
-from sandbox.runtime import init, lifecycle, users
+from sandbox.runtime import init, parent, users
 from sandbox.runtime.state import ContainerStore
 
 # The order matters: the user namespace first, for the capabilities to join the others.
@@ -84,7 +83,7 @@ def exec_spec(spec: specs.ContainerSpec, options: ExecOptions) -> specs.Containe
 
 def run(settings: Settings, name_or_id: str, options: ExecOptions) -> int:
     store = ContainerStore(settings.containers_root)
-    container = lifecycle.running(store, name_or_id)
+    container = store.lookup_running(name_or_id)
     spec = exec_spec(store.load_spec(container.id), options)
     namespaces = _open_namespaces(container.pid)
     if spec.network.mode == "container" and "net" in namespaces:
@@ -96,7 +95,7 @@ def run(settings: Settings, name_or_id: str, options: ExecOptions) -> int:
     assert_single_threaded()
     # The exec'd process is our grandchild: as a subreaper we inherit it and see its status.
     syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
-    forwarder = engine._SignalForwarder()
+    forwarder = parent.SignalForwarder()
     parent_end, child_end = Channel.pair()
     process: int | None = None
     master: int | None = None
@@ -114,10 +113,10 @@ def run(settings: Settings, name_or_id: str, options: ExecOptions) -> int:
             userns.wait_pid(child)
             parent_end.send("reparented")
             if spec.process.terminal:
-                master = engine._receive_pty(parent_end, forwarder)
+                master = parent.receive_pty(parent_end, forwarder)
             parent_end.expect("ready")
             parent_end.send("start")
-            engine._wait_for_exec(parent_end)
+            parent.wait_for_exec(parent_end)
         except BaseException:
             if process is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -133,7 +132,7 @@ def run(settings: Settings, name_or_id: str, options: ExecOptions) -> int:
                 os.close(master)
             return ExitCode.OK
         forwarder.arm(process)
-        engine.relay_terminal(spec, master)
+        parent.relay_terminal(spec, master)
         if master is not None:
             os.close(master)
         status = userns.wait_pid(process)

@@ -42,15 +42,6 @@ def parse_signal(text: str | int) -> int:
         ) from None
 
 
-def running(store: ContainerStore, name_or_id: str) -> Container:
-    c = store.lookup(name_or_id)
-    if c.status != "running":
-        raise ContainerError(
-            f"container {c.name} is not running", hint=f"start it with 'sandbox start {c.name}'"
-        )
-    return c
-
-
 def start(settings: Settings, name_or_id: str) -> Container:
     """Start a created or exited container under a new monitor (detached)."""
     store = ContainerStore(settings.containers_root)
@@ -76,7 +67,7 @@ def start_attached(settings: Settings, name_or_id: str) -> int:
     spec = store.load_spec(c.id)
     record = store.update(c, exit_code=None, finished_at=None)
     try:
-        return engine._start_and_wait(spec, store, record)
+        return engine.start_and_wait(spec, store, record)
     finally:
         if record.remove:
             engine.remove_files(store, record, spec.mapping)
@@ -84,7 +75,7 @@ def start_attached(settings: Settings, name_or_id: str) -> int:
 
 def kill(settings: Settings, name_or_id: str, sig: int = signal.SIGKILL) -> Container:
     store = ContainerStore(settings.containers_root)
-    c = running(store, name_or_id)
+    c = store.lookup_running(name_or_id)
     _signal(c, sig)
     return c
 
@@ -199,7 +190,7 @@ def top(settings: Settings, name_or_id: str) -> list[ProcessInfo]:
     whose parent is outside (`sandbox exec` sessions). /proc/PID/status is readable even for
     non-dumpable processes (the --init reaper), /proc/PID/ns/pid is not, so both are used."""
     store = ContainerStore(settings.containers_root)
-    c = running(store, name_or_id)
+    c = store.lookup_running(name_or_id)
     statuses: dict[int, dict[str, str]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -259,7 +250,7 @@ def _status(path: Path) -> dict[str, str]:
 def freeze(settings: Settings, name_or_id: str, frozen: bool) -> Container:
     """pause/unpause through the cgroup v2 freezer of the container's own cgroup."""
     store = ContainerStore(settings.containers_root)
-    c = running(store, name_or_id)
+    c = store.lookup_running(name_or_id)
     control = (
         Path("/sys/fs/cgroup") / c.cgroup_path.lstrip("/") / "cgroup.freeze"
         if c.cgroup_path

@@ -141,7 +141,7 @@ def _monitor(
 
     while True:
         try:
-            code = engine._start_and_wait(spec, store, record, pump=pump, on_started=on_started)
+            code = engine.start_and_wait(spec, store, record, pump=pump, on_started=on_started)
         except SandboxError as error:
             if not reported:
                 os.write(report_w, json.dumps(error_to_message(error)).encode())

@@ -231,6 +231,16 @@ class ContainerStore:
             f"no container with name or id {name_or_id!r}", hint="'sandbox ps -a' lists containers"
         )
 
+    def lookup_running(self, name_or_id: str) -> Container:
+        """The container, which must be running (exec, attach, kill, top...)."""
+        c = self.lookup(name_or_id)
+        if c.status != "running":
+            raise ContainerError(
+                f"container {c.name} is not running",
+                hint=f"start it with 'sandbox start {c.name}'",
+            )
+        return c
+
     def forget(self, container: Container) -> None:
         """Drop the record (the caller has removed or is removing the files); under the lock,
         so no update() is halfway through rewriting it."""
