@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests import helpers
 from tests.helpers import SandboxEnv
 
 pytestmark = pytest.mark.needs("unprivileged", "userns", "busybox")
@@ -69,7 +70,7 @@ def test_run_bundle_with_subordinate_mapping(
 
     mapping = for_current_user("auto")
     if mapping.single:
-        pytest.skip("needs subordinate ids")
+        helpers.missing("subids", f"no subordinate ids: {mapping.single_reason}")
     bundle = _bundle(tmp_path, busybox_tarball, sandbox_env, args=["cat", "/proc/self/uid_map"])
     config = json.loads((bundle / "config.json").read_text())
     sub = mapping.uids[1]
