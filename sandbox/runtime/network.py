@@ -601,14 +601,25 @@ def _api_socket_path(state_dir: Path, runtime_dir: Path) -> Path:
     return private_dir(Path(f"/tmp/sandbox-{os.getuid()}")) / f"slirp-{state_dir.name[:16]}.sock"
 
 
-def _start_slirp4netns(
-    config: NetworkConfig, pid: int, state_dir: Path, runtime_dir: Path
-) -> Helper:
+def launch_slirp4netns(
+    pid: int,
+    interface: str,
+    api: Path,
+    log_path: Path,
+    exit_r: int,
+    *,
+    allow_host_loopback: bool = False,
+    new_session: bool = False,
+    what: str = "the container's network",
+) -> subprocess.Popen[bytes]:
+    """slirp4netns against pid's network namespace, running once it says it is ready.
+
+    It exits when the write end of exit_r's pipe closes (--exit-fd), so whoever holds that end
+    decides its life: the container's parent, or the holder of the rootless netns. A failed
+    start is killed and reported with the last lines of its log.
+    """
     program = _program("slirp4netns")
-    api = _api_socket_path(state_dir, runtime_dir)
-    log_path = state_dir / "slirp4netns.log"
     ready_r, ready_w = os.pipe()
-    exit_r, exit_w = os.pipe()
     argv = [
         program,
         "--configure",
@@ -619,9 +630,9 @@ def _start_slirp4netns(
         f"--ready-fd={ready_w}",
         f"--exit-fd={exit_r}",
     ]
-    if not config.allow_host_loopback:
+    if not allow_host_loopback:
         argv.append("--disable-host-loopback")
-    argv += [str(pid), "tap0"]
+    argv += [str(pid), interface]
     try:
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
@@ -631,28 +642,61 @@ def _start_slirp4netns(
                 stderr=subprocess.STDOUT,
                 pass_fds=(ready_w, exit_r),
                 close_fds=True,
+                start_new_session=new_session,
             )
     except OSError as e:
-        for fd in (ready_r, ready_w, exit_r, exit_w):
-            os.close(fd)
-        raise HostError(f"cannot start {program}", context=e.strerror) from e
+        os.close(ready_r)
+        os.close(ready_w)
+        raise HostError(
+            f"cannot start {program}", context=e.strerror, hint="apt install slirp4netns"
+        ) from e
     os.close(ready_w)
-    os.close(exit_r)
+    try:
+        ready = _wait_readable(ready_r, START_TIMEOUT)
+        if not ready or os.read(ready_r, 1) != b"1":
+            process.kill()
+            process.wait()
+            log_lines = _read(log_path).strip().splitlines()
+            raise HostError(
+                f"slirp4netns failed to start {what} "
+                f"({'timed out' if not ready else 'exited before ready'})",
+                context=" / ".join(log_lines[-5:]) or "no output",
+                hint=f"see {log_path}; 'sandbox doctor' checks /dev/net/tun; "
+                f"apt install {_PACKAGES['slirp4netns']} (or --network none)",
+            )
+    finally:
+        os.close(ready_r)
+    return process
+
+
+def _start_slirp4netns(
+    config: NetworkConfig, pid: int, state_dir: Path, runtime_dir: Path
+) -> Helper:
+    api = _api_socket_path(state_dir, runtime_dir)
+    exit_r, exit_w = os.pipe()
+    try:
+        process = launch_slirp4netns(
+            pid,
+            "tap0",
+            api,
+            state_dir / "slirp4netns.log",
+            exit_r,
+            allow_host_loopback=config.allow_host_loopback,
+        )
+    except BaseException:
+        os.close(exit_w)
+        raise
+    finally:
+        os.close(exit_r)
     helper = Helper("slirp4netns", process, process.pid)
     helper.exit_w = exit_w
     helper.files = [api]
     try:
-        ready = _wait_readable(ready_r, START_TIMEOUT)
-        data = os.read(ready_r, 1) if ready else b""
-        if data != b"1":
-            _fail_start(helper, log_path, "timed out" if not ready else "exited before ready")
         for port in config.ports:
             _slirp_add_hostfwd(api, port)
     except BaseException:
         helper.stop()
         raise
-    finally:
-        os.close(ready_r)
     return helper
 
 

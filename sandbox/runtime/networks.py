@@ -433,56 +433,19 @@ def _holder(
 
 
 def _start_slirp4netns(pid: int, api: Path, exit_r: int, log_path: Path) -> subprocess.Popen[bytes]:
-    program = network._program("slirp4netns")
+    """The rootless netns's way out; a session of its own, it lives as long as the holder
+    (which keeps the exit pipe's write end)."""
     with contextlib.suppress(FileNotFoundError):
         api.unlink()
-    ready_r, ready_w = os.pipe()
-    argv = [
-        program,
-        "--configure",
-        f"--mtu={network.MTU}",
-        "--enable-sandbox",
-        "--enable-seccomp",
-        "--disable-host-loopback",
-        f"--api-socket={api}",
-        f"--ready-fd={ready_w}",
-        f"--exit-fd={exit_r}",
-        str(pid),
+    return network.launch_slirp4netns(
+        pid,
         UPLINK,
-    ]
-    try:
-        with open(log_path, "wb") as log:
-            # A session of its own: it outlives this command and lives as long as the holder.
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                pass_fds=(ready_w, exit_r),
-                close_fds=True,
-                start_new_session=True,
-            )
-    except OSError as e:
-        os.close(ready_r)
-        os.close(ready_w)
-        raise HostError(
-            f"cannot start {program}", context=e.strerror, hint="apt install slirp4netns"
-        ) from e
-    os.close(ready_w)
-    try:
-        ready = network._wait_readable(ready_r, network.START_TIMEOUT)
-        if not ready or os.read(ready_r, 1) != b"1":
-            process.kill()
-            process.wait()
-            lines = network._read(log_path).strip().splitlines()
-            raise HostError(
-                "slirp4netns failed to start for the rootless network namespace",
-                context=" / ".join(lines[-5:]) or "no output",
-                hint=f"see {log_path}; 'sandbox doctor' checks /dev/net/tun",
-            )
-    finally:
-        os.close(ready_r)
-    return process
+        api,
+        log_path,
+        exit_r,
+        new_session=True,
+        what="for the rootless network namespace",
+    )
 
 
 def _in_holder(holder: Holder, body: Any) -> None:
