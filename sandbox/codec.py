@@ -10,12 +10,41 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
+import os
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
+from sandbox.errors import SandboxError
+
 T = TypeVar("T")
+
+
+def read_object(
+    path: str | os.PathLike[str],
+    *,
+    what: str,
+    limit: int,
+    error: type[SandboxError],
+    hint: str | None = None,
+) -> dict[str, Any]:
+    """A JSON object from a file the user named (a profile, a bundle's config.json, a process):
+    bounded in size, and every way it can be wrong is one error naming `what`."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise error(f"cannot read {what}", context=e.strerror, hint=hint) from e
+    if len(raw) > limit:
+        raise error(f"{what} is larger than {limit >> 20} MiB")
+    try:
+        value = json.loads(raw)
+    except ValueError as e:
+        raise error(f"{what} is not valid JSON", context=str(e)) from e
+    if not isinstance(value, dict):
+        raise error(f"{what} is not a JSON object")
+    return value
 
 
 def to_json(value: Any) -> Any:

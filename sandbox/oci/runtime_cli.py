@@ -212,12 +212,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _process(args: argparse.Namespace) -> dict[str, Any]:
     """exec's process: --process FILE (a runtime-spec process object), else the arguments."""
     if args.process:
-        try:
-            process = json.loads(Path(args.process).read_text())
-        except (OSError, ValueError) as e:
-            raise UsageError(f"cannot read --process {args.process}", context=str(e)) from e
-        if not isinstance(process, dict):
-            raise UsageError(f"--process {args.process} is not a JSON object")
+        from sandbox import codec
+
+        process = codec.read_object(
+            args.process, what=f"--process {args.process}", limit=16 << 20, error=UsageError
+        )
     else:
         command = [c for c in args.command if c != "--"] if args.command[:1] == ["--"] else []
         command = command or list(args.command)

@@ -303,23 +303,13 @@ class Context:
 
 def load(bundle: Path) -> dict[str, Any]:
     path = bundle / "config.json"
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise UsageError(
-            f"cannot read {path}",
-            context=e.strerror,
-            hint="an OCI bundle is a directory with config.json and its rootfs",
-        ) from e
-    if len(raw) > 16 << 20:
-        raise UsageError(f"{path} is larger than 16 MiB")
-    try:
-        config = json.loads(raw)
-    except ValueError as e:
-        raise UsageError(f"{path} is not valid JSON", context=str(e)) from e
-    if not isinstance(config, dict):
-        raise UsageError(f"{path} is not a JSON object")
-    return config
+    return codec.read_object(
+        path,
+        what=str(path),
+        limit=16 << 20,
+        error=UsageError,
+        hint="an OCI bundle is a directory with config.json and its rootfs",
+    )
 
 
 def wants_user_namespace(config: Mapping[str, Any]) -> bool:

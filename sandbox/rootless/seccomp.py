@@ -146,19 +146,11 @@ def default_profile() -> dict[str, Any]:
 
 
 def load_profile(path: str | os.PathLike[str]) -> dict[str, Any]:
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise ProfileError(f"cannot read seccomp profile {path}", context=e.strerror) from e
-    if len(raw) > 4 << 20:
-        raise ProfileError(f"seccomp profile {path} is larger than 4 MiB")
-    try:
-        profile = json.loads(raw)
-    except ValueError as e:
-        raise ProfileError(f"seccomp profile {path} is not valid JSON", context=str(e)) from e
-    if not isinstance(profile, dict):
-        raise ProfileError(f"seccomp profile {path} is not a JSON object")
-    return profile
+    from sandbox import codec
+
+    return codec.read_object(
+        path, what=f"seccomp profile {path}", limit=4 << 20, error=ProfileError
+    )
 
 
 def _kernel_version(release: str | None = None) -> tuple[int, int]:
