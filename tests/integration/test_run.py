@@ -7,7 +7,6 @@ import os
 import pwd
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -108,9 +107,7 @@ def test_sigterm_to_sandbox_reaches_the_command_through_init(
 ) -> None:
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "sandbox",
+            *sandbox_env.argv_prefix(),
             "run",
             "--rm",
             "--init",
@@ -271,9 +268,7 @@ def test_tty_matches_the_callers_size_and_follows_sigwinch(
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "sandbox",
+            *sandbox_env.argv_prefix(),
             "run",
             "--rm",
             "-it",
