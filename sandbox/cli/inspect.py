@@ -257,7 +257,7 @@ def register(app: typer.Typer) -> None:
                     if "OCIConfig" in format_:  # config.json is large: only when asked for
                         from sandbox.oci import spec as oci
 
-                        item["OCIConfig"] = oci.stored(store.dir(c.id))
+                        item["OCIConfig"] = oci.for_container(store, c.id)
                 except ContainerNotFound:
                     if type_ == "container":
                         raise

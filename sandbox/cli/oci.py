@@ -39,9 +39,7 @@ def register(app: typer.Typer) -> None:
 
             store = ContainerStore(config.load().containers_root)
             container = store.lookup(from_)
-            data = oci.stored(store.dir(container.id))
-            if not data:
-                data = oci.to_config(store.load_spec(container.id))
+            data = oci.for_container(store, container.id)
             print(json.dumps(data, indent=2))
             return
         path = Path(bundle) / oci.CONFIG

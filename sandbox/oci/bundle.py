@@ -64,7 +64,7 @@ def create(settings: Any, options: Any, warn: Warn) -> tuple[Any, Any]:
     """`sandbox run --bundle DIR`: the container's record and spec from the bundle."""
     from sandbox import spec as specs
     from sandbox.oci import spec as oci
-    from sandbox.runtime import container, state
+    from sandbox.runtime import container, names, state
     from sandbox.runtime.state import Container, ContainerStore
 
     bundle = Path(os.path.abspath(options.bundle))
@@ -77,7 +77,7 @@ def create(settings: Any, options: Any, warn: Warn) -> tuple[Any, Any]:
     mapping = config_mapping(config, container.mapping_for(settings, options.userns, warn))
     store = ContainerStore(settings.containers_root)
     container_id = store.new_id()
-    name = options.name or store.unique_name()
+    name = options.name or names.generate()  # re-drawn under the lock if taken
     if options.name is not None:
         specs.validate_name(options.name)
     ctx = oci.Context(bundle, container_id, mapping)
@@ -113,13 +113,12 @@ def create(settings: Any, options: Any, warn: Warn) -> tuple[Any, Any]:
         spec = dataclasses.replace(spec, name=record.name)
     try:
         if spec.security.seccomp == "config.json":
-            # Kept beside the container, so its config.json can be written out again.
+            # Kept beside the container, so its config.json can be derived again.
             kept = store.dir(container_id) / "seccomp.json"
             kept.write_text(json.dumps(config["linux"]["seccomp"]))
             security = dataclasses.replace(spec.security, seccomp=str(kept))
             spec = dataclasses.replace(spec, security=security)
         store.save_spec(spec)
-        oci.save(store.dir(spec.id), spec)
     except BaseException:
         container.remove_files(store, record, mapping)
         raise

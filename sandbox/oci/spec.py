@@ -730,18 +730,8 @@ def template(*, rootless: bool) -> dict[str, Any]:
 CONFIG = "config.json"
 
 
-def save(container_dir: Path, spec: ContainerSpec) -> None:
-    """Write the container's config.json (atomically: a reader never sees half a file)."""
-    path = container_dir / CONFIG
-    temporary = path.with_name(CONFIG + ".tmp")
-    temporary.write_text(json.dumps(to_config(spec), indent=2))
-    os.replace(temporary, path)
-
-
-def stored(container_dir: Path) -> dict[str, Any]:
-    """The config.json `sandbox run` wrote for a container ({} for containers made before it)."""
-    try:
-        data = json.loads((container_dir / CONFIG).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def for_container(store: Any, container_id: str) -> dict[str, Any]:
+    """A container's config.json, derived from its stored spec.json when asked for (inspect,
+    `oci spec --from`): it is not written at create, which keeps this module off the start
+    path."""
+    return to_config(store.load_spec(container_id))

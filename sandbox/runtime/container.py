@@ -31,7 +31,7 @@ from sandbox.rootless import cgroups, idmap, syscalls, userns
 from sandbox.rootless.channel import Channel
 from sandbox.rootless.idmap import IdMapping
 from sandbox.rootless.userns import wait_pid
-from sandbox.runtime import hostroot, init, network, networks, parent, state
+from sandbox.runtime import hostroot, init, names, network, networks, parent, state
 from sandbox.runtime.state import Container, ContainerStore
 
 Warn = Callable[[str], None]
@@ -103,7 +103,8 @@ def create(
         lowers = tuple(ImageStore(settings.storage_root, mapping).layer_paths(image))
     manager, enforced = cgroup_manager(settings, options, store, warn)
     container_id = store.new_id()
-    name = options.name or store.unique_name()
+    # A generated name is checked (and re-drawn if taken) under the store's lock in create().
+    name = options.name or names.generate()
     cdir = store.dir(container_id)
     if host_root:
         root = specs.Root("host", cdir / "rootfs")
@@ -158,11 +159,6 @@ def create(
     try:
         _prepare_dirs(spec)
         store.save_spec(spec)
-        # The same container as an OCI runtime spec (sandbox/oci/spec.py), for inspect and
-        # `sandbox oci spec --from`.
-        from sandbox.oci import spec as oci
-
-        oci.save(store.dir(spec.id), spec)
     except BaseException:
         remove_files(store, record, mapping)
         raise

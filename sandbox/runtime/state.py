@@ -131,9 +131,6 @@ class ContainerStore:
             self._write(container)
         return container
 
-    def unique_name(self) -> str:
-        return self._fresh_name({c.name for c in self._load_all()})
-
     @staticmethod
     def _fresh_name(taken: set[str]) -> str:
         from sandbox.runtime.names import generate
