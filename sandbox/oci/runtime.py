@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 
 from sandbox import codec
 from sandbox.errors import ContainerError, ExitCode, SandboxError, UsageError
-from sandbox.rootless import syscalls
+from sandbox.rootless import syscalls, userns
 from sandbox.rootless.channel import Channel, ChannelClosed
 from sandbox.rootless.idmap import IdMapping, IdRange
 
@@ -537,16 +537,7 @@ def _intermediate(
                 syscalls.unshare(syscalls.CLONE_NEWUSER)
             except OSError as e:
                 raise ContainerError("cannot create a user namespace", context=e.strerror) from e
-            channel.send("unshared")
-            channel.expect("mapped")
-            os.setresgid(0, 0, 0)
-            os.setresuid(0, 0, 0)
-            if mapping.host_uid(0) != host_uid:
-                # The id change made us non-dumpable, which would shut the namespace's owner
-                # out of /proc/PID/ns (exec, kill --all): set it back.
-                syscalls.prctl(syscalls.PR_SET_DUMPABLE, 1)
-            if not mapping.single:
-                os.setgroups([])
+            userns.become_root(channel, mapping, host_uid)
         code = init.intermediate(spec, channel)
     except BaseException as error:
         channel.send_error(error)

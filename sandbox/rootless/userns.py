@@ -117,19 +117,7 @@ def _child(
                 "disabled (sysctl user.max_user_namespaces, "
                 "kernel.apparmor_restrict_unprivileged_userns)",
             ) from e
-        channel.send("unshared")
-        channel.expect("mapped")
-        # Become root of the namespace in every id slot (the mapping makes us 0 already in
-        # the effective ids; this also sets the real and saved ones, and drops no caps).
-        os.setresgid(0, 0, 0)
-        os.setresuid(0, 0, 0)
-        if mapping.host_uid(0) != host_uid:
-            # keep-id: root here is not our host uid, and the kernel made us non-dumpable for
-            # the id change, which would shut the user (the namespace's owner) out of our
-            # /proc/PID/ns files: the network helper joins PID 1's through them.
-            syscalls.prctl(syscalls.PR_SET_DUMPABLE, 1)
-        if not mapping.single:
-            os.setgroups([])
+        become_root(channel, mapping, host_uid)
         code = target(channel)
     except BaseException as error:
         channel.send_error(error)
@@ -217,6 +205,24 @@ def write_mapping_within(within: Within, pid: int, mapping: IdMapping) -> None:
             f"cannot write the id mapping of process {pid} in the rootless network namespace",
             context=message or f"wait status {status}",
         )
+
+
+def become_root(channel: Channel, mapping: IdMapping, host_uid: int) -> None:
+    """Steps 1-2 from the child's side, right after its unshare(CLONE_NEWUSER): wait for the
+    parent to write the mapping, then be root of the namespace."""
+    channel.send("unshared")
+    channel.expect("mapped")
+    # Root in every id slot (the mapping makes us 0 already in the effective ids; this also
+    # sets the real and saved ones, and drops no caps).
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    if mapping.host_uid(0) != host_uid:
+        # keep-id, or a config's own mapping: root here is not our host uid, and the kernel
+        # made us non-dumpable for the id change, which would shut the user (the namespace's
+        # owner) out of our /proc/PID/ns files (the network helper, exec and kill use them).
+        syscalls.prctl(syscalls.PR_SET_DUMPABLE, 1)
+    if not mapping.single:
+        os.setgroups([])
 
 
 def wait_pid(pid: int) -> int:

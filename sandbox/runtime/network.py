@@ -29,7 +29,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import ContainerError, HostError, UsageError
 
@@ -727,17 +727,8 @@ def _fail_start(helper: Helper, log_path: Path, what: str) -> None:
     )
 
 
-def _slirp_add_hostfwd(api: Path, port: PortMapping) -> None:
-    request = {
-        "execute": "add_hostfwd",
-        "arguments": {
-            "proto": port.protocol,
-            "host_addr": port.host_ip,
-            "host_port": port.host_port,
-            "guest_addr": SLIRP_GUEST,
-            "guest_port": port.container_port,
-        },
-    }
+def slirp_api(api: str | Path, request: dict[str, Any]) -> dict[str, Any]:
+    """One request to slirp4netns's API socket; its (bounded) JSON answer, which may say error."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(10)
@@ -751,9 +742,27 @@ def _slirp_add_hostfwd(api: Path, port: PortMapping) -> None:
                     break
         answer = json.loads(reply or b"{}")
     except (OSError, ValueError) as e:
-        raise ContainerError(f"cannot publish port {port}", context=str(e)) from e
-    if not isinstance(answer, dict) or "error" in answer or "return" not in answer:
-        detail = answer.get("error") if isinstance(answer, dict) else answer
+        raise ContainerError("cannot reach slirp4netns's API socket", context=str(e)) from e
+    return answer if isinstance(answer, dict) else {"error": answer}
+
+
+def _slirp_add_hostfwd(api: Path, port: PortMapping) -> None:
+    request = {
+        "execute": "add_hostfwd",
+        "arguments": {
+            "proto": port.protocol,
+            "host_addr": port.host_ip,
+            "host_port": port.host_port,
+            "guest_addr": SLIRP_GUEST,
+            "guest_port": port.container_port,
+        },
+    }
+    try:
+        answer = slirp_api(api, request)
+    except ContainerError as e:
+        raise ContainerError(f"cannot publish port {port}", context=e.context) from e
+    if "error" in answer or "return" not in answer:
+        detail = answer.get("error", answer)
         raise ContainerError(
             f"cannot publish port {port}",
             context=f"slirp4netns: {str(detail)[:200]}",

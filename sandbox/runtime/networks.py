@@ -657,7 +657,7 @@ def connect(att: Attachment, runtime_dir: Path, pid1: int) -> None:
 
 
 def _hostfwd(api: str, port: PortMapping) -> int:
-    answer = _slirp_api(
+    answer = network.slirp_api(
         api,
         {
             "execute": "add_hostfwd",
@@ -680,26 +680,6 @@ def _hostfwd(api: str, port: PortMapping) -> int:
     return int(ret.get("id", -1))
 
 
-def _slirp_api(api: str, request: dict[str, Any]) -> dict[str, Any]:
-    import socket
-
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(10)
-            sock.connect(api)
-            sock.sendall(json.dumps(request).encode())
-            sock.shutdown(socket.SHUT_WR)
-            reply = b""
-            while chunk := sock.recv(4096):
-                reply += chunk
-                if len(reply) > 65536:
-                    break
-        answer = json.loads(reply or b"{}")
-    except (OSError, ValueError) as e:
-        raise ContainerError("cannot reach slirp4netns's API socket", context=str(e)) from e
-    return answer if isinstance(answer, dict) else {"error": answer}
-
-
 def detach(att: Attachment, runtime_dir: Path) -> None:
     """The container ended (or failed to start): ports, address and hosts entries go."""
     att.close_fds()
@@ -709,9 +689,11 @@ def detach(att: Attachment, runtime_dir: Path) -> None:
         holder = _running_holder(runtime_dir)
         same = holder is not None and holder.pid == att.holder.pid
         for fwd in att.hostfwd_ids:
-            if same:
+            if same and holder is not None:
                 with contextlib.suppress(ContainerError):
-                    _slirp_api(holder.api, {"execute": "remove_hostfwd", "arguments": {"id": fwd}})  # type: ignore[union-attr]
+                    network.slirp_api(
+                        holder.api, {"execute": "remove_hostfwd", "arguments": {"id": fwd}}
+                    )
         if att.hostfwd_ids and same:
             from sandbox.rootless import nftables
 
