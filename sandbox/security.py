@@ -215,16 +215,12 @@ def mask_paths(root_fd: int, security: Security) -> None:
         except FileNotFoundError:
             continue
         try:
-            where = mounts.fd_path(target)
-            syscalls.mount(where, where, None, syscalls.MS_BIND | syscalls.MS_REC)
-            # Open again: the fd names what is under the bind we just made.
-            mounted = mounts.open_in_root(root_fd, path)
-            try:
-                mounts.remount_bind(mounts.fd_path(mounted), syscalls.MS_RDONLY)
-            finally:
-                os.close(mounted)
-        except OSError as e:
-            raise ContainerError(f"cannot make {path} read-only", context=e.strerror) from e
+            # A read-only bind of the path onto itself: mounts' bind keeps the locked flags.
+            mounts.mount_at(
+                root_fd, mounts.Mount(path, "bind", mounts.fd_path(target), ("rbind", "ro"))
+            )
+        except ContainerError as e:
+            raise ContainerError(f"cannot make {path} read-only", context=e.context) from e
         finally:
             os.close(target)
 
