@@ -94,6 +94,7 @@ class RunOptions:
     privileged: bool = False
     security_opt: tuple[str, ...] = ()  # seccomp=..., no-new-privileges, mask=, unmask=
     ulimits: tuple[str, ...] = ()  # NAME=SOFT[:HARD]
+    umask: str | None = None  # --umask, octal; None: 0022
     bundle: str | None = None  # --bundle DIR: an OCI bundle instead of image (sandbox/oci/)
 
 
@@ -105,6 +106,7 @@ class Process:
     user: str  # "UID[:GID]" or "NAME[:GROUP]", resolved inside the container's root
     terminal: bool
     interactive: bool
+    umask: int = 0o022  # podman's default; records written before --umask existed load as it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,6 +296,18 @@ def _parse_entrypoint(text: str) -> list[str]:
     return [text] if text else []
 
 
+def parse_umask(text: str | None) -> int:
+    """--umask: an octal mask of at most four digits (0022, 077), as podman takes it."""
+    if text is None:
+        return 0o022
+    if not 1 <= len(text) <= 4 or any(c not in "01234567" for c in text):
+        raise UsageError(f"invalid --umask {text!r}", hint="give an octal mask such as 0022 or 077")
+    value = int(text, 8)
+    if value > 0o777:
+        raise UsageError(f"invalid --umask {text!r}", hint="the mask is at most 0777")
+    return value
+
+
 def parse_restart(policy: str) -> tuple[str, int]:
     """no | always | unless-stopped | on-failure[:N] -> (kind, max retries; 0 = unlimited)."""
     kind, _, count = policy.partition(":")
@@ -409,6 +423,7 @@ def build(
             user=str(user),
             terminal=options.tty,
             interactive=options.interactive,
+            umask=parse_umask(options.umask),
         ),
         root=dataclasses.replace(root, readonly=options.read_only),
         mounts=tuple(mounts),

@@ -119,6 +119,9 @@ def register(app: typer.Typer) -> None:
         ulimit: list[str] = typer.Option(
             [], "--ulimit", help="Resource limit NAME=SOFT[:HARD] (nofile=1024:2048)."
         ),
+        umask: str = typer.Option(
+            None, "--umask", help="File mode creation mask of the command (octal; 0022)."
+        ),
     ) -> None:
         from sandbox import config
         from sandbox.cli.images import parse_bool
@@ -189,6 +192,7 @@ def register(app: typer.Typer) -> None:
             privileged=privileged,
             security_opt=tuple(security_opt),
             ulimits=tuple(ulimit),
+            umask=umask,
         )
         settings = config.load()
         if ctx.info_name == "create":

@@ -100,7 +100,7 @@ def to_config(spec: ContainerSpec) -> dict[str, Any]:
     uid, gid = _numeric_user(spec)
     process: dict[str, Any] = {
         "terminal": spec.process.terminal,
-        "user": {"uid": uid, "gid": gid},
+        "user": {"uid": uid, "gid": gid, "umask": spec.process.umask},
         "args": list(spec.process.args),
         "env": list(spec.process.env),
         "cwd": spec.process.cwd,
@@ -356,6 +356,9 @@ def from_config(config: Mapping[str, Any], ctx: Context) -> ContainerSpec:
     )
     if user.get("username"):
         raise _refuse("process.user.username", "is for Windows containers")
+    umask = _int(user.get("umask", 0o022), "process.user.umask")
+    if not 0 <= umask <= 0o777:
+        raise _refuse("process.user.umask", f"{umask} is not a mode mask (0 to 0o777)")
     root_cfg = _dict(config.get("root"), "root")
     root_path = root_cfg.get("path")
     if not isinstance(root_path, str) or not root_path:
@@ -398,6 +401,7 @@ def from_config(config: Mapping[str, Any], ctx: Context) -> ContainerSpec:
             user=str(extra.get("user") or f"{uid}:{gid}"),
             terminal=bool(process.get("terminal", False)),
             interactive=bool(extra.get("interactive", False)),
+            umask=umask,
         ),
         root=root,
         mounts=tuple(mounts),

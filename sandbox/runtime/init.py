@@ -374,6 +374,8 @@ def _exec(spec: ContainerSpec, channel: Channel, slave: int | None, user: users.
         os.close(null)
     env = dict(e.partition("=")[::2] for e in process.env)
     env.setdefault("HOME", user.home)
+    # Not the caller's umask: the container's files get the same modes whoever starts it.
+    os.umask(process.umask)
     try:
         os.chdir(process.cwd)
     except FileNotFoundError:

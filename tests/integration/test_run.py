@@ -225,6 +225,42 @@ def test_user_by_name_from_the_images_passwd(sandbox: Run, busybox_image: str) -
     assert done.returncode == 125 and "no-such-user" in done.stderr
 
 
+def test_umask_is_the_containers_not_the_callers(sandbox: Run, busybox_image: str) -> None:
+    script = "umask; touch /f; mkdir /d; stat -c %a /f /d"
+    caller = os.umask(0o077)  # the caller's mask must not leak into the container
+    try:
+        out = _ok(sandbox("run", "--rm", busybox_image, "sh", "-c", script))
+    finally:
+        os.umask(caller)
+    assert out.split() == ["0022", "644", "755"]
+    out = _ok(sandbox("run", "--rm", "--umask", "027", busybox_image, "sh", "-c", script))
+    assert out.split() == ["0027", "640", "750"]
+    # exec'd processes take the container's mask too.
+    name = "umask-exec"
+    _ok(
+        sandbox(
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            name,
+            "--umask",
+            "0077",
+            busybox_image,
+            "sleep",
+            "60",
+        )
+    )
+    try:
+        assert _ok(sandbox("exec", name, "sh", "-c", "umask")).strip() == "0077"
+    finally:
+        sandbox("rm", "-f", name)
+    for bad in ("8", "01777", "abc"):
+        done = sandbox("run", "--rm", "--umask", bad, busybox_image, "true")
+        assert done.returncode == 125 and "--umask" in done.stderr, done.stderr
+
+
 def test_dev_proc_and_sys_are_set_up(sandbox: Run, busybox_image: str) -> None:
     out = _ok(
         sandbox(

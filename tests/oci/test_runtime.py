@@ -172,6 +172,7 @@ def test_spec_fields_observed_inside(rt: Runtime, tmp_path: Path, busybox_tarbal
     }
     config["process"]["noNewPrivileges"] = True
     config["process"]["oomScoreAdj"] = 500
+    config["process"]["user"]["umask"] = 0o027
     config["linux"]["sysctl"] = {"net.ipv4.ping_group_range": "0 2000"}
     config["linux"]["maskedPaths"] = ["/proc/timer_list", "/etc/secret"]
     config["linux"]["readonlyPaths"] = ["/proc/sys"]
@@ -204,6 +205,7 @@ def test_spec_fields_observed_inside(rt: Runtime, tmp_path: Path, busybox_tarbal
             "echo 1 > /proc/sys/net/ipv4/ip_forward 2>/dev/null && echo sys-writable "
             "|| echo sys-refused",
             "mkdir /tmp/d 2>&1; echo hostname=$(hostname)",
+            "echo umask=$(umask)",
         ]
     )
     out = _observe(rt, bundle, script, "c6")
@@ -224,6 +226,7 @@ def test_spec_fields_observed_inside(rt: Runtime, tmp_path: Path, busybox_tarbal
     assert "sys-refused" in lines
     assert any("mkdir" in line and "Permission denied" in line for line in lines), out
     assert "hostname=oci-host" in lines
+    assert "umask=0027" in lines
 
 
 def test_terminal_and_console_size_through_the_console_socket(
@@ -341,6 +344,7 @@ def test_refusals_name_the_field(rt: Runtime, tmp_path: Path, busybox_tarball: P
         ),
         (["process", "capabilities"], {"ambient": ["CAP_KILL"]}, "process.capabilities.ambient"),
         (["linux", "namespaces"], [{"type": "mount"}, {"type": "pid"}], "linux.namespaces"),
+        (["process", "user"], {"uid": 0, "gid": 0, "umask": 0o1777}, "process.user.umask"),
         (
             ["linux", "uidMappings"],
             [{"containerID": 0, "hostID": 0, "size": 1}],

@@ -46,6 +46,7 @@ CHOICES: dict[str, list[Any]] = {
         Resources(cpu_quota=50_000, cpu_weight=200, cpuset_cpus="0", io_weight=300),
     ],
     "restart": ["no", "on-failure:3"],
+    "umask": [None, "077", "0002"],
 }
 
 
@@ -115,12 +116,13 @@ def test_config_fields_are_the_spec_shape(tmp_path: Path) -> None:
         cap_drop=(),
         ulimits=("nofile=100:200",),
         network="none",
+        umask="027",
     )
     built = _build(tmp_path, combo, spec.Root("dir", tmp_path), MAPPING)
     config = oci.to_config(built)
     assert config["ociVersion"].startswith("1.")
     process = config["process"]
-    assert process["user"] == {"uid": 1000, "gid": 1000}
+    assert process["user"] == {"uid": 1000, "gid": 1000, "umask": 0o027}
     assert process["terminal"] is True
     assert "CAP_CHOWN" in process["capabilities"]["bounding"]
     assert process["capabilities"]["ambient"] == []
