@@ -642,8 +642,9 @@ def write_results(path: Path, block: str) -> None:
     path.write_text(text)
 
 
-def handover(args: list[str]) -> int:
-    """As root: run this script as the bench user, then copy its results into the doc."""
+def handover(args: list[str], dest: Path = DOC) -> int:
+    """As root: run this script as the bench user, then copy its results into dest (the doc,
+    or the file --results names)."""
     user = os.environ.get("SANDBOX_BENCH_USER", "sbtest")
     try:
         entry = pwd.getpwnam(user)
@@ -652,8 +653,8 @@ def handover(args: list[str]) -> int:
         return 125
     results = Path(tempfile.mkdtemp(prefix="sandbox-bench-")) / "benchmarks.md"
     os.chown(results.parent, entry.pw_uid, entry.pw_gid)
-    if DOC.exists():
-        shutil.copyfile(DOC, results)
+    if dest.exists():
+        shutil.copyfile(dest, results)
         os.chown(results, entry.pw_uid, entry.pw_gid)
     env = [
         f"HOME={entry.pw_dir}",
@@ -678,8 +679,8 @@ def handover(args: list[str]) -> int:
     if code == 0 and BEGIN in text and END in text:
         # Only the block: the rest of the doc may have been edited while the bench ran.
         block = BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END
-        write_results(DOC, block)
-        print(f"results written to {DOC}")
+        write_results(dest, block)
+        print(f"results written to {dest}")
     shutil.rmtree(results.parent, ignore_errors=True)
     return code
 
@@ -697,7 +698,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     if os.geteuid() == 0:
-        return handover(sys.argv[1:])
+        return handover(sys.argv[1:], args.results)
     only = {s.strip() for s in args.only.split(",")}
     if not (REPO / "sandbox" / "__pycache__").is_dir() and not os.access(REPO / "sandbox", os.W_OK):
         print("note: sandbox's bytecode cannot be written here; run as root or compileall first")

@@ -10,6 +10,7 @@ journald to take the events. bwrap runs over the unpacked rootfs of the same tar
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -99,8 +100,10 @@ class Podman:
         self.work = work
         self.env = dict(env)
         self.root = root or work / "podman"
-        # podman refuses a runroot longer than 50 characters.
-        runroot = Path(f"/tmp/sandbox-bench-{os.getuid()}") / self.root.name
+        # podman refuses a runroot longer than 50 characters; the hash keeps two benches with
+        # different --work directories (run at the same time) apart.
+        tag = hashlib.sha256(str(work).encode()).hexdigest()[:8]
+        runroot = Path(f"/tmp/sandbox-bench-{os.getuid()}") / f"{tag}-{self.root.name}"
         self.argv = [
             "podman",
             "--root",
