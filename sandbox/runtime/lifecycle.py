@@ -146,7 +146,10 @@ def wait(settings: Settings, name_or_id: str) -> int | None:
     store = ContainerStore(settings.containers_root)
     c = store.lookup(name_or_id)
     while True:
-        if c.status != "running":
+        # PID 1 gone but its monitor still writing the exit down: reads show "exited" with no
+        # code yet, so wait for the record as well.
+        recording = c.exit_code is None and c.monitor_pid > 0 and _pid_exists(c.monitor_pid)
+        if c.status != "running" and not recording:
             return c.exit_code
         c = wait_recorded(store, c, timeout=3600 * 24 * 365)
         if c.status == "running":  # restarted by its policy: keep waiting
