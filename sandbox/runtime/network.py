@@ -516,14 +516,40 @@ class Helper:
         elif self.process is not None and self.process.poll() is None:
             self.process.terminate()
         if self.process is not None:
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
+            if not _exited(self.process, timeout=5):
                 self.process.kill()
-                self.process.wait()
+            self.process.wait()
         for path in self.files:
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def _exited(process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Whether process ends within timeout, without reaping it. A pidfd wakes us the moment it
+    exits, where Popen.wait(timeout) polls with doubling sleeps (up to ~20 ms late per run)."""
+    if process.returncode is not None:
+        return True
+    try:
+        # Still ours to reap (only Popen waits for it), so the pid cannot have been reused.
+        pidfd = os.pidfd_open(process.pid)
+    except OSError:  # a kernel before 5.3
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if poller.poll(remaining * 1000):
+                return True
+    finally:
+        os.close(pidfd)
 
 
 def start(config: NetworkConfig, pid: int, state_dir: Path, runtime_dir: Path) -> Helper | None:
