@@ -23,6 +23,7 @@ from sandbox.config import Settings, runtime_root
 from sandbox.errors import (
     ContainerError,
     ExitCode,
+    ImageNotFound,
     SandboxError,
     UsageError,
     exit_code_for_wait_status,
@@ -87,20 +88,27 @@ def create(
                 hint="give the path of an unpacked root filesystem",
             )
     else:
-        from sandbox.images import pull
         from sandbox.images.store import ImageStore
 
-        # Before anything forks: a pull's download threads are joined inside ensure_image.
-        image = pull.ensure_image(
-            settings,
-            mapping,
-            options.image,
-            policy=options.pull,
-            tls_verify=options.tls_verify,
-            platform=options.platform,
-        )
+        images = ImageStore(settings.storage_root, mapping)
+        image = None
+        if options.pull in ("missing", "never"):  # in the index: the pull modules stay unloaded
+            with contextlib.suppress(ImageNotFound):
+                image = images.lookup(options.image)
+        if image is None:
+            from sandbox.images import pull
+
+            # Before anything forks: a pull's download threads are joined inside ensure_image.
+            image = pull.ensure_image(
+                settings,
+                mapping,
+                options.image,
+                policy=options.pull,
+                tls_verify=options.tls_verify,
+                platform=options.platform,
+            )
         image_config, image_id = dict(image.config), image.id
-        lowers = tuple(ImageStore(settings.storage_root, mapping).layer_paths(image))
+        lowers = tuple(images.layer_paths(image))
     manager, enforced = cgroup_manager(settings, options, store, warn)
     container_id = store.new_id()
     # A generated name is checked (and re-drawn if taken) under the store's lock in create().
@@ -158,7 +166,7 @@ def create(
         spec = dataclasses.replace(spec, name=record.name)
     try:
         _prepare_dirs(spec)
-        store.save_spec(spec)
+        store.save_spec(spec, durable=not options.remove)
     except BaseException:
         remove_files(store, record, mapping)
         raise
@@ -373,7 +381,7 @@ def remove_files(store: ContainerStore, container: Container, mapping: IdMapping
     try:
         # Most containers only wrote files of their root, which is us on the host: then a
         # plain removal works and saves a user namespace and two newuidmap runs per --rm.
-        shutil.rmtree(path, onerror=gone_already)
+        state.remove_tree(path)
         return
     except OSError:
         pass  # files of subordinate ids (or a sticky directory): remove the rest as them

@@ -15,7 +15,8 @@ import datetime
 import fcntl
 import json
 import os
-import secrets
+import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,7 +109,7 @@ class ContainerStore:
         return self.root / container_id
 
     def new_id(self) -> str:
-        return secrets.token_hex(32)
+        return os.urandom(32).hex()
 
     def create(self, container: Container, *, generated_name: bool = False) -> Container:
         """Reserve the name and write the record; the name must be unique.
@@ -128,7 +129,7 @@ class ContainerStore:
                 )
             path = self.dir(container.id)
             path.mkdir(mode=0o700)
-            self._write(container)
+            self._write(container, durable=True)
         return container
 
     @staticmethod
@@ -139,7 +140,7 @@ class ContainerStore:
             name = generate()
             if name not in taken:
                 return name
-        return f"sandbox_{secrets.token_hex(4)}"
+        return f"sandbox_{os.urandom(4).hex()}"
 
     def update(self, container: Container, **changes: Any) -> Container:
         """Change fields of the stored record (read-modify-write under the lock, so the
@@ -150,7 +151,7 @@ class ContainerStore:
                 # Removed meanwhile (or damaged): never bring a forgotten record back.
                 return dataclasses.replace(container, **changes)
             updated = dataclasses.replace(current, **changes)
-            self._write(updated)
+            self._write(updated, durable=not updated.remove)
         return updated
 
     def rename(self, container: Container, new_name: str) -> Container:
@@ -162,13 +163,14 @@ class ContainerStore:
                     )
             current = self._read(self.dir(container.id)) or container
             updated = dataclasses.replace(current, name=new_name)
-            self._write(updated)
+            self._write(updated, durable=True)
         return updated
 
-    def save_spec(self, spec: ContainerSpec) -> None:
-        """The container's full specification, so start, exec and inspect can use it later."""
+    def save_spec(self, spec: ContainerSpec, *, durable: bool = True) -> None:
+        """The container's full specification, so start, exec and inspect can use it later
+        (durable=False for a --rm container: see _write_atomic)."""
         data = json.dumps(codec.to_json(spec), indent=2).encode()
-        _write_atomic(self.dir(spec.id) / SPEC, data)
+        _write_atomic(self.dir(spec.id) / SPEC, data, durable=durable)
 
     def load_spec(self, container_id: str) -> ContainerSpec:
         from sandbox.spec import ContainerSpec
@@ -181,9 +183,9 @@ class ContainerStore:
                 f"cannot read the specification of container {container_id[:12]}", context=str(e)
             ) from e
 
-    def _write(self, container: Container) -> None:
+    def _write(self, container: Container, *, durable: bool) -> None:
         data = json.dumps(dataclasses.asdict(container), indent=2).encode()
-        _write_atomic(self.dir(container.id) / RECORD, data)
+        _write_atomic(self.dir(container.id) / RECORD, data, durable=durable)
 
     def _read(self, path: Path) -> Container | None:
         try:
@@ -252,15 +254,56 @@ class ContainerStore:
             )
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write-temp, fsync, rename: a reader sees the old file or the new one, never half."""
+def remove_tree(path: Path) -> None:
+    """Delete path and everything under it as far as the caller's own uid can: directories of
+    ours that deny us (overlayfs makes its work/work mode 000) are opened up first. Raises
+    OSError for what belongs to another id (a subordinate one): the caller removes the rest
+    from inside the user namespace."""
+    uid = os.getuid()
+
+    def own_dir(name: str) -> bool:
+        info = os.lstat(name)
+        return info.st_uid == uid and stat.S_ISDIR(info.st_mode)
+
+    def retry(_function: object, name: str, info: Any) -> None:
+        error: BaseException = info[1] if isinstance(info, tuple) else info
+        if isinstance(error, FileNotFoundError):
+            return  # removed meanwhile (a monitor's attach socket), or by the retry below
+        if not isinstance(error, PermissionError):
+            raise error
+        # The container is gone, so nothing swaps these for symlinks under us; lstat decides.
+        opened = False
+        for directory in (name, os.path.dirname(name)):
+            if own_dir(directory) and stat.S_IMODE(os.lstat(directory).st_mode) & 0o700 != 0o700:
+                os.chmod(directory, 0o700)
+                opened = True
+        if not opened:
+            raise error
+        if own_dir(name):
+            shutil.rmtree(name, onerror=retry)
+        else:
+            os.unlink(name)
+
+    shutil.rmtree(path, onerror=retry)
+
+
+def _write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write-temp, fsync, rename: a reader sees the old file or the new one, never half,
+    and after a crash the new one or the old one, never an empty one.
+
+    durable=False leaves it out (1 to 30 ms each on a busy disk, four per run) for the
+    files of a --rm container after its first record: they describe a run that a crash ends
+    anyway, and the run deletes them when it ends. The first record is always synced, so
+    after a crash the container is still listed and `sandbox rm` finds it; a later record
+    replaces it by rename, which ext4 (auto_da_alloc) and btrfs order after the new data."""
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)

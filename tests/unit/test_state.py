@@ -84,3 +84,25 @@ def test_half_written_or_damaged_records_are_skipped(tmp_path: Path) -> None:
 def test_process_start_time_handles_spaces_in_comm() -> None:
     assert state.process_start_time(os.getpid()) is not None
     assert state.process_start_time(2**22 + 12345) is None
+
+
+def test_remove_tree_opens_up_our_own_closed_directories(tmp_path: Path) -> None:
+    """What an overlay leaves behind (work/work mode 000, a read-only directory of the
+    container's root) goes without a user namespace when every file is the caller's."""
+    top = tmp_path / "ctr"
+    (top / "work" / "work").mkdir(parents=True)
+    (top / "work" / "work" / "index").mkdir()
+    (top / "upper" / "ro").mkdir(parents=True)
+    (top / "upper" / "ro" / "file").write_text("x")
+    (top / "upper" / "ro").chmod(0o500)
+    (top / "work" / "work").chmod(0)
+    state.remove_tree(top)
+    assert not top.exists()
+
+
+def test_generated_names_are_adjective_noun() -> None:
+    from sandbox.runtime import names
+
+    drawn = {names.generate() for _ in range(200)}
+    assert len(drawn) > 100
+    assert all(n.count("_") == 1 and n.replace("_", "").isalpha() for n in drawn)
