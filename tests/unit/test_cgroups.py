@@ -132,6 +132,23 @@ def test_cgroupfs_enables_the_controllers_the_limits_need(tmp_path):
     assert (parent / "cgroup.subtree_control").read_text() == "+memory +pids"
 
 
+def test_accounting_controllers_are_enabled_without_limits(tmp_path):
+    from sandbox.rootless.cgroups import base
+
+    # stats needs memory.current, pids.current and io.stat whatever the limits.
+    assert base.to_enable(cgroups.from_options(), {"cpu", "memory", "pids"}) == ["memory", "pids"]
+    limits = cgroups.from_options(cpus="0.5", pids_limit=5)
+    assert base.to_enable(limits, {"cpu", "io", "memory", "pids"}) == [
+        "cpu",
+        "pids",
+        "memory",
+        "io",
+    ]
+    manager = Cgroupfs(_fake_cgroup(tmp_path, "cpu memory pids"))
+    manager._enable(base.to_enable(cgroups.from_options(), manager.controllers()))
+    assert (manager.parent / "cgroup.subtree_control").read_text() == "+memory +pids"
+
+
 def test_cgroupfs_cleanup_removes_leftovers(tmp_path):
     parent = _fake_cgroup(tmp_path, "cpu memory pids")
     (parent / "sandbox-dead").mkdir()

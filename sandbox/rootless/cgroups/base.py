@@ -137,6 +137,17 @@ def unified(root: Path = MOUNT) -> bool:
     return (root / "cgroup.controllers").is_file() and not (root / "memory").is_dir()
 
 
+# Enabled for every container where delegated, limits or not: `sandbox stats` reads
+# memory.current, pids.current and io.stat, which exist only with their controller on.
+ACCOUNTING = ("memory", "pids", "io")
+
+
+def to_enable(resources: Resources, available: set[str]) -> list[str]:
+    """The controllers a container's cgroup gets: those its limits need, then accounting."""
+    wanted = list(resources.controllers())
+    return wanted + [c for c in ACCOUNTING if c in available and c not in wanted]
+
+
 def read_controllers(path: Path) -> set[str]:
     try:
         return set(path.joinpath("cgroup.controllers").read_text().split())

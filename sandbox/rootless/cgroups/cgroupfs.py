@@ -49,7 +49,7 @@ class Cgroupfs:
         return self.parent / f"{PREFIX}{container_id}"
 
     def enter(self, container_id: str, pid: int, resources: Resources) -> Path:
-        self._enable(resources.controllers())
+        self._enable(base.to_enable(resources, self.controllers()))
         path = self.path(container_id)
         try:
             path.mkdir()

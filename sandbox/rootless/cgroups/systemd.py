@@ -149,7 +149,7 @@ class Systemd:
                 path.mkdir(exist_ok=True)
                 base.write(path / "cgroup.procs", str(member))
             # Controllers can be enabled below the scope only now that no process is in it.
-            wanted = [c for c in resources.controllers()]
+            wanted = base.to_enable(resources, base.read_controllers(scope))
             if wanted:
                 base.write(scope / "cgroup.subtree_control", " ".join(f"+{c}" for c in wanted))
             base.apply(container, resources)
