@@ -22,6 +22,12 @@ The rules, which charliecloud and containers/storage follow in spirit:
   * Data is streamed in bounded chunks; runs of zero bytes become holes (sparse files stay
     sparse). ENOSPC is a clean LayerError; the caller discards the half-written layer.
 
+Few syscalls per entry (a layer has thousands): entries are created first and cleared only
+when the name is taken (EEXIST), the parent's fd is kept while consecutive entries share it
+(dropped on any removal or whiteout, which could change what the path resolves to), files
+are created with their final permission bits, and chown is skipped when the owner the kernel
+gave the new file is already the archive's.
+
 Run it as root of a user namespace with the container's mapping (options.chown) so every file
 gets the owner the archive recorded, as seen from inside the container; or with chown=False as
 any user (unit tests), where everything belongs to the caller.
@@ -35,7 +41,8 @@ import os
 import shutil
 import stat
 import tarfile
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sandbox.errors import LayerError
 from sandbox.images import archive
@@ -49,6 +56,7 @@ _WHITEOUT_PREFIX = b".wh."
 _OPAQUE = b".wh..wh..opq"
 OPAQUE_XATTR = "user.overlay.opaque"
 _EXAMPLES = 3
+_T = TypeVar("_T")
 
 # kind -> (what was skipped, why); used to word the aggregated warnings.
 _SKIP_REASONS = {
@@ -195,6 +203,14 @@ class _Unpacker:
         self.options = options
         self.report = UnpackReport()
         self.directories: dict[bytes, _DirMeta] = {}
+        # The parent directory of the last entry, resolved in root (see _parent).
+        self._parent_key: list[bytes] | None = None
+        self._parent_fd = root_fd
+        # New files belong to our effective ids, unless a setgid root passes its group down.
+        st = os.fstat(root_fd)
+        self._creator: tuple[int, int] | None = (
+            None if st.st_mode & stat.S_ISGID else (os.geteuid(), os.getegid())
+        )
 
     # -- one entry ------------------------------------------------------------------------
 
@@ -230,68 +246,72 @@ class _Unpacker:
         if self.options.whiteouts and name.startswith(_WHITEOUT_PREFIX):
             self._whiteout(parts)
             return
-        parent = self._open_dir(parts[:-1], create=True)
-        try:
-            if member.isdir():
-                self._directory(member, parent, parts)
-            elif member.isreg():
-                self._regular(member, parent, parts)
-            elif member.issym():
-                self._symlink(member, parent, parts)
-            elif member.islnk():
-                self._hardlink(member, parent, parts)
-            elif member.isfifo():
-                self._clear(parent, parts)
-                os.mknod(name, stat.S_IFIFO | (member.mode & 0o7777), dir_fd=parent)
-                self._own_nofollow(member, parent, name)
-            elif member.ischr() and member.devmajor == 0 and member.devminor == 0:
-                self._clear(parent, parts)
-                os.mknod(
-                    name, stat.S_IFCHR | (member.mode & 0o7777), os.makedev(0, 0), dir_fd=parent
-                )
-                self._own_nofollow(member, parent, name)
-            elif member.ischr() or member.isblk():
-                raise _SkipEntry("device")
-            else:
-                raise _SkipEntry("type")
-        finally:
-            self._close(parent)
+        parent = self._parent(parts[:-1])
+        if member.isdir():
+            self._directory(member, parent, parts)
+        elif member.isreg():
+            self._regular(member, parent, parts)
+        elif member.issym():
+            self._symlink(member, parent, parts)
+        elif member.islnk():
+            self._hardlink(member, parent, parts)
+        elif member.isfifo():
+            mode = stat.S_IFIFO | (member.mode & 0o7777)
+            self._create(parent, parts, lambda: os.mknod(name, mode, dir_fd=parent))
+            self._own_nofollow(member, parent, name)
+        elif member.ischr() and member.devmajor == 0 and member.devminor == 0:
+            mode = stat.S_IFCHR | (member.mode & 0o7777)
+            self._create(
+                parent, parts, lambda: os.mknod(name, mode, os.makedev(0, 0), dir_fd=parent)
+            )
+            self._own_nofollow(member, parent, name)
+        elif member.ischr() or member.isblk():
+            raise _SkipEntry("device")
+        else:
+            raise _SkipEntry("type")
 
     def _directory(self, member: tarfile.TarInfo, parent: int, parts: list[bytes]) -> None:
-        if not self._clear(parent, parts, keep_dir=True):
+        try:
             # 0700 until finish_directories(): we must be able to create the children.
             os.mkdir(parts[-1], 0o700, dir_fd=parent)
+        except FileExistsError:
+            if not self._clear(parent, parts, keep_dir=True):
+                os.mkdir(parts[-1], 0o700, dir_fd=parent)
         self.directories[b"/".join(parts)] = self._dir_meta(member)
 
     def _regular(self, member: tarfile.TarInfo, parent: int, parts: list[bytes]) -> None:
-        self._clear(parent, parts)
-        fd = os.open(
-            parts[-1],
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=parent,
+        mode = member.mode & 0o7777
+        # Created with its final mode (umask is 0), unless setuid/setgid/sticky bits must
+        # wait until after chown, which clears them. O_CREAT gives a writable fd whatever
+        # the mode says.
+        special = bool(mode & 0o7000)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        name = parts[-1]
+        fd = self._create(
+            parent, parts, lambda: os.open(name, flags, 0o600 if special else mode, dir_fd=parent)
         )
         try:
-            source = self.tar.extractfile(member)
-            if source is not None and member.sparse is not None:
+            if member.sparse is not None:
+                source = self.tar.extractfile(member)
                 _copy_sparse(source, list(member.sparse), member.size, fd)  # type: ignore[arg-type]  # typeshed has bytes
-            elif source is not None:
-                _copy(source, fd)
-            uid, gid = self._owner(member)
+            elif member.size:
+                _copy(self.tar.extractfile(member), fd, member.size)  # type: ignore[arg-type]  # never None for a regular file
+            uid, gid = self._owner_change(member)
             if uid != -1 or gid != -1:
                 os.fchown(fd, uid, gid)
-            # chmod after chown: chown clears the setuid and setgid bits.
-            os.fchmod(fd, member.mode & 0o7777)
+            if special:
+                os.fchmod(fd, mode)
             mtime = _mtime_ns(member)
             os.utime(fd, ns=(mtime, mtime))
         finally:
             os.close(fd)
 
     def _symlink(self, member: tarfile.TarInfo, parent: int, parts: list[bytes]) -> None:
-        self._clear(parent, parts)
         # The target is only data: it is resolved later, in root, by whoever follows it.
-        os.symlink(member.linkname.encode("utf-8", "surrogateescape"), parts[-1], dir_fd=parent)
-        self._own_nofollow(member, parent, parts[-1])
+        target = member.linkname.encode("utf-8", "surrogateescape")
+        name = parts[-1]
+        self._create(parent, parts, lambda: os.symlink(target, name, dir_fd=parent))
+        self._own_nofollow(member, parent, name)
 
     def _hardlink(self, member: tarfile.TarInfo, parent: int, parts: list[bytes]) -> None:
         target = normalise(member.linkname)
@@ -310,19 +330,23 @@ class _Unpacker:
                 raise _SkipEntry("hardlink") from None
             if stat.S_ISDIR(st.st_mode):
                 raise _SkipEntry("hardlink")
-            self._clear(parent, parts)
             # follow_symlinks=False: linkat without AT_SYMLINK_FOLLOW links a symlink itself.
-            os.link(
-                target[-1],
-                parts[-1],
-                src_dir_fd=target_parent,
-                dst_dir_fd=parent,
-                follow_symlinks=False,
+            self._create(
+                parent,
+                parts,
+                lambda: os.link(
+                    target[-1],
+                    parts[-1],
+                    src_dir_fd=target_parent,
+                    dst_dir_fd=parent,
+                    follow_symlinks=False,
+                ),
             )
         finally:
             self._close(target_parent)
 
     def _whiteout(self, parts: list[bytes]) -> None:
+        self._forget_parent()  # it removes, and may remove the cached parent itself
         name = parts[-1]
         if name == _OPAQUE:
             directory = b"/".join(parts[:-1]) or b"."
@@ -351,6 +375,33 @@ class _Unpacker:
             self._close(parent)
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _parent(self, parts: list[bytes]) -> int:
+        """The directory parts (created when missing), as _open_dir, kept open for the next
+        entries with the same parent (archives list a directory's files together)."""
+        if parts == self._parent_key:
+            return self._parent_fd
+        self._forget_parent()
+        self._close(self._parent_fd)
+        self._parent_fd = self.root_fd
+        self._parent_fd = self._open_dir(parts, create=True)
+        self._parent_key = parts
+        return self._parent_fd
+
+    def _forget_parent(self) -> None:
+        """Resolve the parent again next time: something was removed, which may have been
+        the cached directory or one of its ancestors. The fd stays open until the next
+        _parent() (the entry in progress may still use it)."""
+        self._parent_key = None
+
+    def _create(self, parent: int, parts: list[bytes], make: Callable[[], _T]) -> _T:
+        """make() the entry at parts; when the name is taken, clear it (the later entry
+        wins) and make it again."""
+        try:
+            return make()
+        except FileExistsError:
+            self._clear(parent, parts)
+            return make()
 
     def _open_dir(self, parts: list[bytes], *, create: bool) -> int:
         """An O_PATH fd of the directory parts, resolved in root; missing ones are created
@@ -410,12 +461,14 @@ class _Unpacker:
         if stat.S_ISDIR(st.st_mode):
             if keep_dir:
                 return True
+            self._forget_parent()
             shutil.rmtree(name, dir_fd=parent)
             # Forget the metadata of the directories that went with it.
             key = b"/".join(parts)
             for path in [p for p in self.directories if p == key or p.startswith(key + b"/")]:
                 del self.directories[path]
         else:
+            self._forget_parent()
             os.unlink(name, dir_fd=parent)
         return False
 
@@ -442,20 +495,34 @@ class _Unpacker:
             self.report.unmapped += 1
         return (-1 if unmapped_uid else uid), (-1 if unmapped_gid else gid)
 
-    def _own_nofollow(self, member: tarfile.TarInfo, parent: int, name: bytes) -> None:
+    def _owner_change(self, member: tarfile.TarInfo) -> tuple[int, int]:
+        """_owner for an entry we just created: -1 where it already has that id."""
         uid, gid = self._owner(member)
+        if self._creator is not None:
+            if uid == self._creator[0]:
+                uid = -1
+            if gid == self._creator[1]:
+                gid = -1
+        return uid, gid
+
+    def _own_nofollow(self, member: tarfile.TarInfo, parent: int, name: bytes) -> None:
+        uid, gid = self._owner_change(member)
         if uid != -1 or gid != -1:
             os.chown(name, uid, gid, dir_fd=parent, follow_symlinks=False)
         mtime = _mtime_ns(member)
         os.utime(name, ns=(mtime, mtime), dir_fd=parent, follow_symlinks=False)
 
     def _dir_meta(self, member: tarfile.TarInfo) -> _DirMeta:
-        uid, gid = self._owner(member)
+        # Every directory here was made by us (mkdir, or the caller's empty root).
+        uid, gid = self._owner_change(member)
         return _DirMeta(mode=member.mode & 0o7777, uid=uid, gid=gid, mtime_ns=_mtime_ns(member))
 
     def finish_directories(self) -> None:
         """Apply directory owners, modes and times, deepest first: a parent that becomes
         read-only (or unsearchable, for a caller without CAP_DAC_OVERRIDE) must come last."""
+        self._forget_parent()
+        self._close(self._parent_fd)
+        self._parent_fd = self.root_fd
         for path in sorted(self.directories, key=lambda p: p.count(b"/") + bool(p), reverse=True):
             meta = self.directories[path]
             try:
@@ -504,12 +571,13 @@ def _copy_sparse(source: Any, regions: list[tuple[int, int]], size: int, fd: int
     os.ftruncate(fd, size)
 
 
-def _copy(source: archive.Readable, fd: int) -> None:
-    """Copy source to fd in bounded chunks; whole chunks of zeros become holes."""
+def _copy(source: archive.Readable, fd: int, length: int) -> None:
+    """Copy length bytes of source to fd in bounded chunks; whole chunks of zeros become
+    holes. Reads no further than length (no extra read to find the end)."""
     size = 0
     hole = False
-    while True:
-        chunk = source.read(CHUNK)
+    while size < length:
+        chunk = source.read(min(CHUNK, length - size))
         if not chunk:
             break
         size += len(chunk)
