@@ -67,6 +67,20 @@ def from_json(cls: type[T], data: Any) -> T:
     return typing.cast(T, _decode(cls, data))
 
 
+_FIELD_TYPES: dict[type, dict[str, Any]] = {}
+
+
+def _field_types(kind: type) -> dict[str, Any]:
+    """A dataclass's fields and their types, resolved once per class: get_type_hints evaluates
+    every (postponed) annotation again on each call, and a spec holds dozens of objects."""
+    types_ = _FIELD_TYPES.get(kind)
+    if types_ is None:
+        hints = typing.get_type_hints(kind)
+        types_ = {f.name: hints[f.name] for f in dataclasses.fields(kind)}
+        _FIELD_TYPES[kind] = types_
+    return types_
+
+
 def _decode(kind: Any, data: Any) -> Any:
     if data is None:
         return None
@@ -94,9 +108,8 @@ def _decode(kind: Any, data: Any) -> Any:
         return data
     if isinstance(kind, type):
         if dataclasses.is_dataclass(kind):
-            hints = typing.get_type_hints(kind)
-            known = {f.name: f for f in dataclasses.fields(kind)}
-            values = {name: _decode(hints[name], v) for name, v in data.items() if name in known}
+            hints = _field_types(kind)
+            values = {name: _decode(hints[name], v) for name, v in data.items() if name in hints}
             return kind(**values)
         if issubclass(kind, enum.Enum):
             return kind(data)
