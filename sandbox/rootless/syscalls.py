@@ -55,6 +55,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
 PR_SET_NO_NEW_PRIVS = 38
 
 # <linux/openat2.h>
@@ -142,6 +143,13 @@ def sethostname(name: str) -> None:
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), "prctl", str(option))
+
+
+def child_subreaper() -> bool:
+    """Whether this process is a child subreaper (PR_GET_CHILD_SUBREAPER)."""
+    flag = ctypes.c_int(0)
+    prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(flag))
+    return flag.value != 0
 
 
 class _OpenHow(ctypes.Structure):

@@ -27,7 +27,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -627,27 +627,13 @@ def _api_socket_path(state_dir: Path, runtime_dir: Path) -> Path:
     return private_dir(Path(f"/tmp/sandbox-{os.getuid()}")) / f"slirp-{state_dir.name[:16]}.sock"
 
 
-def launch_slirp4netns(
-    pid: int,
-    interface: str,
-    api: Path,
-    log_path: Path,
-    exit_r: int,
-    *,
-    allow_host_loopback: bool = False,
-    new_session: bool = False,
-    what: str = "the container's network",
-) -> subprocess.Popen[bytes]:
-    """slirp4netns against pid's network namespace, running once it says it is ready.
-
-    It exits when the write end of exit_r's pipe closes (--exit-fd), so whoever holds that end
-    decides its life: the container's parent, or the holder of the rootless netns. A failed
-    start is killed and reported with the last lines of its log.
-    """
-    program = _program("slirp4netns")
-    ready_r, ready_w = os.pipe()
+def _slirp4netns_argv(
+    pid: int, interface: str, api: Path, ready_w: int, exit_r: int, allow_host_loopback: bool
+) -> list[str]:
+    # The same options as podman's (4.3, rootless), but for --enable-ipv6: the container's
+    # namespace gets no IPv6 route here, and the API socket that publishes ports.
     argv = [
-        program,
+        _program("slirp4netns"),
         "--configure",
         f"--mtu={MTU}",
         "--enable-sandbox",
@@ -658,30 +644,119 @@ def launch_slirp4netns(
     ]
     if not allow_host_loopback:
         argv.append("--disable-host-loopback")
-    argv += [str(pid), interface]
+    return [*argv, str(pid), interface]
+
+
+def _popen_slirp4netns(
+    argv: list[str], log_path: Path, fds: tuple[int, int]
+) -> subprocess.Popen[bytes]:
+    # A process group of its own: a ^C typed at `sandbox run` is for the container (sandbox
+    # forwards it), not for the helper, which must keep the network up while the container
+    # handles it; it ends through --exit-fd.
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=fds,
+            close_fds=True,
+            process_group=0,
+        )
+
+
+def launch_slirp4netns(
+    pid: int,
+    interface: str,
+    api: Path,
+    log_path: Path,
+    exit_r: int,
+    *,
+    allow_host_loopback: bool = False,
+    what: str = "the container's network",
+) -> subprocess.Popen[bytes]:
+    """slirp4netns against pid's network namespace, as our child, running once it says it is
+    ready.
+
+    It exits when the write end of exit_r's pipe closes (--exit-fd), so whoever holds that end
+    decides its life. A failed start is killed and reported with the last lines of its log.
+    """
+    ready_r, ready_w = os.pipe()
     try:
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                pass_fds=(ready_w, exit_r),
-                close_fds=True,
-                start_new_session=new_session,
-            )
+        argv = _slirp4netns_argv(pid, interface, api, ready_w, exit_r, allow_host_loopback)
+        process = _popen_slirp4netns(argv, log_path, (ready_w, exit_r))
     except OSError as e:
         os.close(ready_r)
-        os.close(ready_w)
         raise HostError(
-            f"cannot start {program}", context=e.strerror, hint="apt install slirp4netns"
+            "cannot start slirp4netns", context=e.strerror, hint="apt install slirp4netns"
         ) from e
+    finally:
+        os.close(ready_w)
+
+    def kill() -> None:
+        process.kill()
+        process.wait()
+
+    _await_slirp4netns(ready_r, log_path, what, kill)
+    return process
+
+
+def launch_slirp4netns_detached(
+    pid: int, interface: str, api: Path, log_path: Path, exit_r: int, *, what: str
+) -> int:
+    """slirp4netns as launch_slirp4netns starts it, but nobody's child of ours: a short-lived
+    intermediate (in a session of its own) starts it and exits, so it is reparented to init
+    (or to the nearest subreaper above us, see networks.orphans_not_ours) and reaped there
+    when it ends. Its pid once it is ready."""
+    from sandbox.rootless import userns
+
+    userns.assert_single_threaded()  # fork() of a threaded Python process can deadlock
+    ready_r, ready_w = os.pipe()
+    report_r, report_w = os.pipe()
+    argv = _slirp4netns_argv(pid, interface, api, ready_w, exit_r, False)
+    intermediate = os.fork()
+    if intermediate == 0:  # pragma: no cover - runs in the forked child
+        code = 125
+        try:
+            os.close(ready_r)
+            os.close(report_r)
+            os.setsid()
+            try:
+                process = _popen_slirp4netns(argv, log_path, (ready_w, exit_r))
+                os.write(report_w, f"pid {process.pid}".encode())
+            except OSError as e:
+                os.write(report_w, f"error {e.strerror}".encode())
+            code = 0
+        finally:
+            os._exit(code)
     os.close(ready_w)
+    os.close(report_w)
+    userns.wait_pid(intermediate)
+    with os.fdopen(report_r, "rb") as report:
+        answer = report.read(200).decode(errors="replace")
+    if not answer.startswith("pid "):
+        os.close(ready_r)
+        raise HostError(
+            "cannot start slirp4netns",
+            context=answer.removeprefix("error ") or "the launcher exited",
+            hint="apt install slirp4netns",
+        )
+    slirp_pid = int(answer.split()[1])
+
+    def kill() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(slirp_pid, signal.SIGKILL)  # init reaps it
+
+    _await_slirp4netns(ready_r, log_path, what, kill)
+    return slirp_pid
+
+
+def _await_slirp4netns(ready_r: int, log_path: Path, what: str, kill: Callable[[], None]) -> None:
+    """Wait for slirp4netns's "1" on its ready fd (closes ready_r); kill it on a failure."""
     try:
         ready = _wait_readable(ready_r, START_TIMEOUT)
         if not ready or os.read(ready_r, 1) != b"1":
-            process.kill()
-            process.wait()
+            kill()
             log_lines = _read(log_path).strip().splitlines()
             raise HostError(
                 f"slirp4netns failed to start {what} "
@@ -692,7 +767,6 @@ def launch_slirp4netns(
             )
     finally:
         os.close(ready_r)
-    return process
 
 
 def _start_slirp4netns(
@@ -821,13 +895,15 @@ def _start_pasta(config: NetworkConfig, pid: int, state_dir: Path) -> Helper:
     try:
         with open(log_path, "wb") as log:
             # pasta has no exit fd and does not notice a PID-named namespace going away: it
-            # stays our child and dies with us (PDEATHSIG; this process has one thread).
+            # stays our child and dies with us (PDEATHSIG; this process has one thread). A
+            # process group of its own, as slirp4netns: a ^C is for the container.
             process = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 close_fds=True,
+                process_group=0,
                 preexec_fn=_die_with_parent,
             )
     except OSError as e:

@@ -9,7 +9,9 @@ joins it (tap0, 10.0.2.100) and gives every named network its way out; its --exi
 is held by the holder alone, so slirp4netns ends when the holder does. The holder's pid, start
 time and slirp4netns's API socket are in $RUNTIME/netns/holder.json: a command that finds the
 holder dead (or its pid reused) starts a new one. The holder starts on demand (the first
-container on a named network) and is stopped when the last network is removed.
+container on a named network) and is stopped when the last network is removed. Neither it nor
+its slirp4netns is the child of the command that started them (orphans_not_ours): init reaps
+them when `network rm` ends them, instead of their starter keeping them as zombies.
 
 Why the holder's user namespace: a veth end can be moved into a container's network namespace
 only from a user namespace that is an ancestor of the container's (tests/integration/
@@ -41,7 +43,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -325,7 +326,32 @@ def ensure_holder(runtime_dir: Path) -> Holder:
     return _start_holder(directory, _mapping())
 
 
+@contextlib.contextmanager
+def orphans_not_ours() -> Iterator[None]:
+    """While this runs, a process whose parent exits is not reparented to us, even when we are
+    a child subreaper (a `run` or a monitor is one, to wait for its container's PID 1).
+
+    The holder and its slirp4netns outlive whoever starts them and are stopped by another
+    command (`network rm`): as our children, or our orphans, they would stay zombies until we
+    exit. Started from an intermediate that exits while this runs, they go to init (or to a
+    subreaper above us, such as a service manager), which reaps them when they end.
+    """
+    subreaper = syscalls.child_subreaper()
+    if subreaper:
+        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 0)
+    try:
+        yield
+    finally:
+        if subreaper:
+            syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+
+
 def _start_holder(directory: Path, mapping: IdMapping) -> Holder:
+    with orphans_not_ours():
+        return _start_holder_orphaned(directory, mapping)
+
+
+def _start_holder_orphaned(directory: Path, mapping: IdMapping) -> Holder:
     userns.assert_single_threaded()
     report_r, report_w = os.pipe()  # holder -> us: its pid, then "ready" or an error
     go_r, go_w = os.pipe()  # us -> holder: "mapped"
@@ -346,7 +372,6 @@ def _start_holder(directory: Path, mapping: IdMapping) -> Holder:
     for fd in (report_w, go_r, exit_w):
         os.close(fd)
     userns.wait_pid(first)
-    slirp: subprocess.Popen[bytes] | None = None
     pid = 0
     try:
         with os.fdopen(report_r, "rb", buffering=0) as report, os.fdopen(go_w, "wb", 0) as go:
@@ -365,11 +390,11 @@ def _start_holder(directory: Path, mapping: IdMapping) -> Holder:
             )
         start = _start_time(pid)
         api = directory / "slirp4netns.sock"
-        slirp = _start_slirp4netns(pid, api, exit_r, directory / "slirp4netns.log")
-        holder = Holder(pid, start, str(api), slirp.pid, mapping)
+        slirp_pid = _start_slirp4netns(pid, api, exit_r, directory / "slirp4netns.log")
+        holder = Holder(pid, start, str(api), slirp_pid, mapping)
         _write_json(
             directory / "holder.json",
-            {"pid": pid, "start": start, "api": str(api), "slirp_pid": slirp.pid},
+            {"pid": pid, "start": start, "api": str(api), "slirp_pid": slirp_pid},
         )
         return holder
     except BaseException:
@@ -432,19 +457,13 @@ def _holder(
         os._exit(code)
 
 
-def _start_slirp4netns(pid: int, api: Path, exit_r: int, log_path: Path) -> subprocess.Popen[bytes]:
-    """The rootless netns's way out; a session of its own, it lives as long as the holder
-    (which keeps the exit pipe's write end)."""
+def _start_slirp4netns(pid: int, api: Path, exit_r: int, log_path: Path) -> int:
+    """The rootless netns's way out, nobody's child of ours (call under orphans_not_ours); it
+    lives as long as the holder (which keeps the exit pipe's write end). Its pid."""
     with contextlib.suppress(FileNotFoundError):
         api.unlink()
-    return network.launch_slirp4netns(
-        pid,
-        UPLINK,
-        api,
-        log_path,
-        exit_r,
-        new_session=True,
-        what="for the rootless network namespace",
+    return network.launch_slirp4netns_detached(
+        pid, UPLINK, api, log_path, exit_r, what="for the rootless network namespace"
     )
 
 

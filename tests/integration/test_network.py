@@ -122,6 +122,31 @@ def test_published_udp_port_receives_datagrams_from_the_host(
     assert "ping" in out
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_network_outlives_a_ctrl_c_the_container_handles(
+    sandbox_env: SandboxEnv, busybox_image: str, backend: str
+) -> None:
+    """^C at a terminal signals the whole foreground process group: sandbox forwards it to the
+    container, and the helper, in a group of its own, keeps serving while the container
+    handles it (here: answering on its published port only after the interrupt)."""
+    port = _free_port()
+    script = (
+        "trap 'echo after-interrupt | nc -l -p 8080; exit 3' INT; echo ready; "
+        "while true; do sleep 0.1; done"
+    )
+    with _background(
+        sandbox_env,
+        "run", "--rm", "--network", backend, "-p", f"127.0.0.1:{port}:8080",
+        busybox_image, "sh", "-c", script,
+    ) as process:  # fmt: skip
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        os.killpg(process.pid, signal.SIGINT)  # what the terminal does on ^C
+        data = _connect_and_read(port, time.monotonic() + 30, process)
+        assert process.wait(timeout=30) == 3
+    assert data.strip() == b"after-interrupt"
+
+
 @contextlib.contextmanager
 def _host_server() -> Iterator[int]:
     """A TCP server on the host's 127.0.0.1 that greets every client."""

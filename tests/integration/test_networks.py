@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -176,3 +177,70 @@ def _zombie(pid: int) -> bool:
     except OSError:
         return True
     return stat[stat.rindex(")") + 2] == "Z"
+
+
+# A long-lived command that starts the holder as `run` and the monitor do: a child subreaper
+# (to wait for its container's PID 1) that stays alive after the holder has started.
+STARTER = """
+import sys
+from sandbox.config import runtime_root
+from sandbox.rootless import syscalls
+from sandbox.runtime import networks
+
+syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+holder = networks.ensure_holder(runtime_root())
+assert syscalls.child_subreaper()
+print(holder.pid, holder.slirp_pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def _state_and_parent(pid: int) -> tuple[str, int] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1])
+
+
+def test_network_rm_leaves_no_zombie_or_orphan_while_the_starter_lives(
+    sandbox_env: SandboxEnv, sandbox: Run
+) -> None:
+    name = f"reap{os.getpid() % 1000}"
+    for other in _ok(sandbox("network", "ls", "-q")).split():  # the holder stops with the last
+        _ok(sandbox("network", "rm", other))
+    _ok(sandbox("network", "create", name))
+    starter = subprocess.Popen(
+        [sys.executable, "-c", STARTER],
+        env=sandbox_env.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert starter.stdout is not None
+        holder_pid, slirp_pid = map(int, starter.stdout.readline().split())
+        for pid in (holder_pid, slirp_pid):
+            found = _state_and_parent(pid)
+            assert found is not None and found[0] != "Z", (pid, found)
+            # Neither is the starter's child: it would keep them as zombies once they end.
+            assert found[1] != starter.pid, f"{pid} is a child of the command that started it"
+        _ok(sandbox("network", "rm", name))
+        deadline = time.monotonic() + 10
+        left = {pid: _state_and_parent(pid) for pid in (holder_pid, slirp_pid)}
+        while any(left.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = {pid: _state_and_parent(pid) for pid in (holder_pid, slirp_pid)}
+        # Gone altogether: not running on (an orphan) and not a zombie waiting for a reaper.
+        assert not any(left.values()), f"left behind (state, parent): {left}"
+        assert starter.poll() is None  # and the starter still runs, so nothing waited for it
+        zombies = [
+            pid
+            for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if _state_and_parent(pid) == ("Z", starter.pid)
+        ]
+        assert zombies == []
+    finally:
+        starter.communicate("", timeout=30)
+        sandbox("network", "rm", name)
