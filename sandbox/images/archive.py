@@ -2,8 +2,10 @@
 
 A tarball is read once, front to back: the file -> a decompressor (gzip, xz, bzip2, zstd or
 none, chosen by the first bytes, never by the file name) -> a DigestReader that hashes the
-uncompressed bytes (the layer's diff_id) -> tarfile in stream mode. Memory stays bounded
-whatever the archive holds. zstandard is imported only for zstd data.
+uncompressed bytes (the layer's diff_id) -> a 1 MiB buffer (tarfile reads 10 KiB at a time)
+-> tarfile in stream mode. Memory stays bounded whatever the archive holds. The source may
+be a pipe (a pull streams layers into the unpacking process). zstandard is imported only for
+zstd data.
 """
 
 from __future__ import annotations
@@ -107,7 +109,46 @@ class DigestReader(io.RawIOBase):
         return "sha256:" + self._hash.hexdigest()
 
 
-def _decompressor(kind: str, raw: io.BufferedReader[io.FileIO]) -> Readable:
+class _Prefixed(io.RawIOBase):
+    """head, then the rest of raw: the bytes read to detect the compression, put back."""
+
+    def __init__(self, head: bytes, raw: Readable):
+        super().__init__()
+        self._head = head
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            data, self._head = self._head[: len(view)], self._head[len(view) :]
+        else:
+            data = self._raw.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+def read_head(raw: Readable) -> bytes:
+    """Up to 512 bytes from the start of raw (a pipe may deliver them in pieces)."""
+    head = b""
+    while len(head) < 512:
+        data = raw.read(512 - len(head))
+        if not data:
+            break
+        head += data
+    return head
+
+
+def decompressed(raw: Readable) -> Readable:
+    """raw's data decompressed as its first bytes say (see detect); LayerError if unknown."""
+    head = read_head(raw)
+    kind = detect(head)
+    return _decompressor(kind, io.BufferedReader(_Prefixed(head, raw), buffer_size=CHUNK))
+
+
+def _decompressor(kind: str, raw: io.BufferedReader[_Prefixed]) -> Readable:
     if kind == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if kind == "xz":
@@ -151,20 +192,22 @@ def open_tar(fd: int) -> Iterator[tuple[tarfile.TarFile, DigestReader]]:
     """
     raw = io.BufferedReader(io.FileIO(os.dup(fd), "rb", closefd=True), buffer_size=CHUNK)
     try:
-        head = raw.peek(512)[:512]
-        kind = detect(head)
-        stream = _decompressor(kind, raw)
+        stream = decompressed(raw)
         reader = DigestReader(stream)
         try:
-            # Stream mode ("r|"): tarfile reads front to back and never seeks.
+            # Stream mode ("r|"): tarfile reads front to back and never seeks. Its 10 KiB
+            # reads come from a C buffer, not through the Python layers below one by one.
             tar = tarfile.open(  # noqa: SIM115 - closed by the with below
-                fileobj=reader,
+                fileobj=io.BufferedReader(reader, buffer_size=CHUNK),
                 mode="r|",
                 encoding="utf-8",
                 errors="surrogateescape",
             )
-        except data_errors() as e:
+        except tarfile.TarError as e:
             raise LayerError("not a tar archive", context=_describe(e)) from e
+        except data_errors() as e:
+            # The first read decompresses a whole buffer: corruption may show up here.
+            raise LayerError("the tarball is corrupt", context=_describe(e)) from e
         with tar:
             yield tar, reader
     finally:

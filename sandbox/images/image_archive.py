@@ -93,7 +93,7 @@ def _save_docker(
         fd = os.open(store.blob_path(blob), os.O_RDONLY | os.O_CLOEXEC)
         try:
             raw = io.BufferedReader(io.FileIO(fd, "rb", closefd=False), buffer_size=CHUNK)
-            stream = archive._decompressor(archive.detect(raw.peek(512)[:512]), raw)
+            stream = archive.decompressed(raw)
             info = tarfile.TarInfo(name)
             info.size = int(size)
             info.mode = 0o644

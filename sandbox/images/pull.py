@@ -1,10 +1,13 @@
 """Pulling images from registries: resolve the name, fetch manifest, config and layers, store.
 
-The order is the single-thread rule's: blobs download in a thread pool (one connection per
-thread, each blob verified against its digest while streaming, see ImageStore.blob_writer);
-the pool is joined and the progress display stopped; only then does the store unpack layers,
-which forks into a user namespace. ensure_image() is the entry point of `sandbox run`: it
-looks in the store first and pulls according to the --pull policy.
+The order is the single-thread rule's: the store forks the process that unpacks the new
+layers into a user namespace first; only then do the threads start: blobs download in a
+thread pool (one connection per thread, each blob verified against its digest while
+streaming, see ImageStore.blob_writer) and the store streams each layer into the unpacking
+process as it arrives, so downloading, decompressing and unpacking overlap. A layer is
+published only after its blob's digest and its diff_id are verified. The pool is joined and
+the progress display stopped before the store returns. ensure_image() is the entry point of
+`sandbox run`: it looks in the store first and pulls according to the --pull policy.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from sandbox.images import manifest as manifests
 from sandbox.images import reference
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sandbox.config import Settings
     from sandbox.images.registries import Endpoint, RegistriesConfig
     from sandbox.images.registry import Client
-    from sandbox.images.store import Image, ImageStore
+    from sandbox.images.store import BlobArrival, Image, ImageStore
     from sandbox.rootless.idmap import IdMapping
 
 POLICIES = ("always", "missing", "never", "newer")
@@ -226,33 +231,46 @@ def _pull_from(
                 context=f"expected {chosen.digest}, got {manifest_digest}",
             )
     image_manifest = manifests.parse_manifest(doc, media_type, f"image {ref}")
-    progress = make_progress(progress_mode)
     fetched: list[str] = []
-    try:
+    layers = image_manifest.layers
+    # Each blob once, even when a manifest lists a layer twice.
+    blobs = list({layer.digest: layer for layer in layers}.values())
+
+    def fetch(arrivals: dict[str, BlobArrival]) -> Callable[[], None]:
+        # Called by the store once the unpacking process exists: threads may start now
+        # (rich's progress display is one); the single-thread rule holds again after wait().
+        progress = make_progress(progress_mode)
         progress.message(f"Trying to pull {ref}...")
+        pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, min(MAX_PARALLEL, len(blobs)))
+        )
+        futures = [
+            pool.submit(
+                _fetch_blob, store, client, blob, progress, fetched, arrivals.get(blob.digest)
+            )
+            for blob in blobs
+        ]
+
+        def wait() -> None:
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+            finally:
+                pool.shutdown(wait=True)
+                progress.close()
+            if progress_mode != "quiet":
+                digest = image_manifest.config.digest[7:19]
+                print(f"Copying config {digest} done", file=sys.stderr)
+                print("Writing manifest to image destination", file=sys.stderr)
+
+        return wait
+
+    try:
         config = _fetch_small_blob(client, image_manifest.config)
-        layers = image_manifest.layers
-        try:
-            # Threads: the single-thread rule holds again once this block has joined them.
-            with concurrent.futures.ThreadPoolExecutor(
-                max_workers=max(1, min(MAX_PARALLEL, len(layers)))
-            ) as pool:
-                futures = [
-                    pool.submit(_fetch_blob, store, client, layer, progress, fetched)
-                    for layer in layers
-                ]
-                try:
-                    for future in concurrent.futures.as_completed(futures):
-                        future.result()
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
-        finally:
-            progress.close()
-        if progress_mode != "quiet":
-            print(f"Copying config {image_manifest.config.digest[7:19]} done", file=sys.stderr)
-            print("Writing manifest to image destination", file=sys.stderr)
         stored_ref = reference.Reference(
             ref.domain, ref.path, ref.tag if not ref.digest else None, None
         )
@@ -264,6 +282,7 @@ def _pull_from(
             layer_blobs=[layer.digest for layer in layers],
             names=names,
             repo_digest=f"{ref.repository}@{top_digest}",
+            fetch=fetch,
         )
     except BaseException:
         if fetched:
@@ -309,8 +328,9 @@ def _fetch_blob(
     layer: manifests.Descriptor,
     progress: Progress,
     fetched: list[str],
+    arrival: BlobArrival | None = None,
 ) -> None:
-    with store.blob_writer(layer.digest) as writer:
+    with store.blob_writer(layer.digest, arrival) as writer:
         if writer is None:
             progress.finish(layer.digest, skipped=True)
             return

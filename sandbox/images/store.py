@@ -32,6 +32,7 @@ import secrets
 import shutil
 import stat
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,10 @@ _GOARCH = {
 OnMessage = Callable[[dict[str, Any], list[int]], None]
 Runner = Callable[[IdMapping, Callable[[Channel], int], OnMessage], int]
 Warn = Callable[[str], None]
+# A pull's downloads: fetch(arrivals) starts them (threads are allowed: it is called once the
+# unpacking process exists) and returns a function that waits for all of them and raises the
+# first error. Each layer blob goes through store.blob_writer(digest, arrivals.get(digest)).
+Fetch = Callable[[dict[str, "BlobArrival"]], Callable[[], None]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,23 +93,89 @@ class Image:
         return self.id[:12]
 
 
+class BlobArrival:
+    """A blob as it arrives: one thread downloads it (through BlobWriter), another reads it in
+    order meanwhile (the pump that feeds the unpacking process). read() waits for more data,
+    returns b"" at the end of a complete, verified blob and raises DownloadFailed when the
+    download failed; cancel() makes the writer give up."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._fd = -1
+        self._size = 0
+        self._offset = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self.cancelled = False
+
+    def attach(self, fd: int, size: int = 0) -> None:
+        with self._cond:
+            if self._fd == -1:
+                self._fd = os.dup(fd)
+                self._size = size
+            self._cond.notify_all()
+
+    def grew(self, size: int) -> None:
+        with self._cond:
+            self._size = size
+            self._cond.notify_all()
+
+    def complete(self, error: BaseException | None = None) -> None:
+        with self._cond:
+            if not self._done:
+                self._done = True
+                self._error = error if error is not None or self._fd != -1 else DownloadFailed()
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def read(self, size: int = -1, /) -> bytes:
+        with self._cond:
+            while self._offset >= self._size and not self._done:
+                self._cond.wait()
+            if self._error is not None:
+                raise DownloadFailed() from self._error
+            fd, available = self._fd, self._size - self._offset
+        if available <= 0:
+            return b""
+        data = os.pread(fd, available if size < 0 else min(size, available), self._offset)
+        self._offset += len(data)
+        return data
+
+    def close(self) -> None:
+        with self._cond:
+            if self._fd != -1:
+                os.close(self._fd)
+                self._fd = -1
+
+
+class DownloadFailed(Exception):
+    """Read from a BlobArrival whose download failed (the download reports why)."""
+
+
 class BlobWriter:
     """Writes a blob to its downloads/ file, hashing as it goes (see ImageStore.blob_writer)."""
 
-    def __init__(self, fd: int, digest: str, path: Path):
+    def __init__(self, fd: int, digest: str, path: Path, arrival: BlobArrival | None = None):
         self._fd = fd
         self.digest = digest
         self.path = path
         self._hash = hashlib.sha256()
         self.size = 0
+        self._arrival = arrival
 
     def write(self, data: bytes) -> None:
+        if self._arrival is not None and self._arrival.cancelled:
+            raise ImageError(f"the download of blob {self.digest} was cancelled")
         self._hash.update(data)
         self.size += len(data)
         view = memoryview(data)
         try:
             while view:
                 view = view[os.write(self._fd, view) :]
+            if self._arrival is not None:
+                self._arrival.grew(self.size)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise ImageError(
@@ -151,6 +222,53 @@ def _hex(diff_id: str) -> str:
     ):
         raise ImageError(f"malformed layer id {diff_id!r} in the image index")
     return digest
+
+
+class _Pump:
+    """A thread that feeds the unpacking process: each blob, decompressed as it arrives,
+    into its pipe, in order (the child unpacks the layers one after the other). It closes
+    every pipe when it ends, so the child never waits for input that will not come."""
+
+    def __init__(self, sources: list[BlobArrival], pipes: list[int]):
+        self._sources = sources
+        self._pipes = pipes
+        self._thread = threading.Thread(target=self._run, name="layer-pump", daemon=True)
+        self.started = False
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self.started = True
+        self._thread.start()
+
+    def join(self) -> None:
+        if self.started:
+            self._thread.join()
+
+    def _run(self) -> None:
+        from sandbox.images import archive
+
+        try:
+            for arrival, pipe in zip(self._sources, self._pipes, strict=True):
+                try:
+                    stream = archive.decompressed(arrival)
+                    while chunk := stream.read(archive.CHUNK):
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(pipe, view) :]
+                except archive.data_errors() as e:
+                    raise LayerError(
+                        "a layer blob is corrupt", context=archive.describe_data_error(e)
+                    ) from e
+                os.close(pipe)
+                self._pipes[self._pipes.index(pipe)] = -1
+        except (BrokenPipeError, DownloadFailed):
+            pass  # the unpacking process or the download stopped: its error says why
+        except BaseException as e:
+            self.error = e
+        finally:
+            for pipe in self._pipes:
+                if pipe != -1:
+                    os.close(pipe)
 
 
 class ImageStore:
@@ -354,11 +472,104 @@ class ImageStore:
             self._discard_quietly([tmp])
         return self._image(records[-1])
 
+    def _unpack_stored(self, jobs: list[tuple[str, Path]]) -> list[dict[str, Any]]:
+        """Unpack each (stored layer blob, layers/.tmp-* dir); results as _unpack_many's."""
+        if not jobs:
+            return []
+        fds: list[int] = []
+        try:
+            for blob, _ in jobs:
+                fds.append(os.open(self.blob_path(blob), os.O_RDONLY | os.O_CLOEXEC))
+            return self._unpack_many(
+                [(fd, tmp) for fd, (_, tmp) in zip(fds, jobs, strict=True)], whiteouts=True
+            )
+        except FileNotFoundError as e:
+            raise ImageError(
+                "a layer blob vanished before it was unpacked",
+                context=str(e.filename),
+                hint="pull the image again",
+            ) from e
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _unpack_streamed(self, jobs: list[tuple[str, Path]], fetch: Fetch) -> list[dict[str, Any]]:
+        """Unpack each (layer blob, layers/.tmp-* dir) while fetch downloads the blobs.
+
+        The order keeps the single-thread rule: the unpacking process is forked first; when
+        it asks for its input, fetch starts the download threads and a pump thread feeds each
+        blob, decompressed as it arrives, through a pipe (the unpacking process reads a plain
+        tar and computes the diff_id as for a stored blob). Every thread has ended when this
+        returns. Errors, most telling first: the download's (a digest mismatch), the
+        decompression's, the unpacking's (which sees a truncated tar when the others stop)."""
+        arrivals = {blob: BlobArrival() for blob, _ in jobs}
+        read_ends: list[int] = []
+        write_ends: list[int] = []
+        pump = _Pump([arrivals[blob] for blob, _ in jobs], write_ends)
+        try:
+            for _ in jobs:
+                r, w = os.pipe2(os.O_CLOEXEC)
+                read_ends.append(r)
+                write_ends.append(w)
+                with contextlib.suppress(OSError):  # a bigger pipe: fewer wake-ups
+                    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+            inputs = [(r, tmp) for r, (_, tmp) in zip(read_ends, jobs, strict=True)]
+            waits: list[Callable[[], None]] = []
+
+            def on_feed() -> None:
+                while read_ends:  # the child has its copies
+                    os.close(read_ends.pop())
+                try:
+                    waits.append(fetch(arrivals))
+                finally:
+                    pump.start()  # without downloads it ends at once, closing every pipe
+
+            unpack_error: BaseException | None = None
+            results: list[dict[str, Any]] = []
+            try:
+                results = self._unpack_many(
+                    inputs, whiteouts=True, child_closes=list(write_ends), on_feed=on_feed
+                )
+            except BaseException as e:
+                unpack_error = e
+                if not isinstance(e, SandboxError):  # an interrupt: stop downloading
+                    for arrival in arrivals.values():
+                        arrival.cancel()
+            fetch_error: BaseException | None = None
+            try:
+                if waits:
+                    waits[0]()
+            except BaseException as e:
+                fetch_error = e
+            finally:
+                for arrival in arrivals.values():
+                    arrival.complete(DownloadFailed())  # unblocks the pump; no-op when done
+                pump.join()
+            for error in (fetch_error, pump.error, unpack_error):
+                if error is not None:
+                    raise error
+            return results
+        finally:
+            for fd in read_ends:
+                os.close(fd)
+            if not pump.started:
+                for fd in write_ends:
+                    os.close(fd)
+            for arrival in arrivals.values():
+                arrival.close()
+
     def _unpack_many(
-        self, jobs: list[tuple[int, Path]], *, whiteouts: bool
+        self,
+        jobs: list[tuple[int, Path]],
+        *,
+        whiteouts: bool,
+        child_closes: list[int] | None = None,
+        on_feed: Callable[[], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Unpack each (tarball fd, layers/.tmp-* dir) in one user-namespace child (one fork
-        for all layers of an image). whiteouts: OCI whiteouts become overlay whiteouts."""
+        for all layers of an image). whiteouts: OCI whiteouts become overlay whiteouts.
+        child_closes: fds the child closes first (the write ends of its input pipes);
+        on_feed: called in this process when the child is ready for its input."""
         from sandbox.images import unpack
 
         options = unpack.UnpackOptions(
@@ -370,6 +581,10 @@ class ImageStore:
 
         def target(channel: Channel) -> int:
             # Runs as root of the user namespace: files get the archive's owners, mapped.
+            for fd in child_closes or ():
+                os.close(fd)  # else a pipe never ends: this process would hold a writer
+            if on_feed is not None:
+                channel.send("feed")
             done = []
             for fd, tmp in jobs:
                 diff = tmp / "diff"
@@ -398,6 +613,8 @@ class ImageStore:
                 os.close(extra)
             if message.get("type") == "result":
                 results.append(message)
+            elif message.get("type") == "feed" and on_feed is not None:
+                on_feed()
 
         code = self._runner(self.mapping, target, on_message)
         if len(results) != len(jobs):
@@ -445,18 +662,35 @@ class ImageStore:
         return self.blob_path(digest).is_file()
 
     @contextlib.contextmanager
-    def blob_writer(self, digest: str) -> Iterator[BlobWriter | None]:
+    def blob_writer(
+        self, digest: str, arrival: BlobArrival | None = None
+    ) -> Iterator[BlobWriter | None]:
         """Write the blob named digest: yields None when it is already stored, else a writer
         that hashes while writing. On a clean exit the content is verified (DigestError
         names the blob, the expected and the actual digest), fsync'ed and renamed into place.
 
         downloads/<hex> is flock'ed for the duration, so two processes pulling the same blob
         download it once: the second waits and then finds it stored. What a killed writer
-        left there is truncated and written again (no lock is held on it any more)."""
+        left there is truncated and written again (no lock is held on it any more).
+        arrival, when given, can read the blob while it is written; it is completed (with
+        the error, if any) when this ends."""
+        try:
+            with self._blob_writer(digest, arrival) as writer:
+                yield writer
+        except BaseException as e:
+            if arrival is not None:
+                arrival.complete(e)
+            raise
+        if arrival is not None:
+            arrival.complete()
+
+    @contextlib.contextmanager
+    def _blob_writer(self, digest: str, arrival: BlobArrival | None) -> Iterator[BlobWriter | None]:
         hex_ = _hex(digest)
         final = self.blobs_dir / hex_
         self._ensure_dirs()
         if final.is_file():
+            self._attach_stored(final, arrival)
             yield None
             return
         partial = self.downloads_dir / hex_
@@ -472,10 +706,13 @@ class ImageStore:
             os.close(fd)  # the previous holder renamed or removed it: open the new one
         try:
             if final.is_file():
+                self._attach_stored(final, arrival)
                 yield None
                 return
             os.ftruncate(fd, 0)
-            writer = BlobWriter(fd, digest, partial)
+            if arrival is not None:
+                arrival.attach(fd)
+            writer = BlobWriter(fd, digest, partial, arrival)
             try:
                 yield writer
                 writer.finish()
@@ -487,6 +724,15 @@ class ImageStore:
             _fsync_dir(self.blobs_dir)
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _attach_stored(path: Path, arrival: BlobArrival | None) -> None:
+        if arrival is not None:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                arrival.attach(fd, os.fstat(fd).st_size)
+            finally:
+                os.close(fd)
 
     def write_blob(self, data: bytes, digest: str | None = None) -> str:
         """Store data as a blob (verified against digest when given); returns its digest."""
@@ -515,8 +761,12 @@ class ImageStore:
         layer_blobs: list[str],
         names: list[str],
         repo_digest: str | None = None,
+        fetch: Fetch | None = None,
     ) -> Image:
-        """Add an image whose layer blobs are in the blob store (a pull or a load).
+        """Add an image whose layer blobs are in the blob store (a load), or arrive there
+        through fetch (a pull: see Fetch), in which case each new layer is unpacked while its
+        blob downloads (_unpack_streamed) and published only once the blob's digest is
+        verified.
 
         Each layer not yet in the store is unpacked once (OCI whiteouts honoured) and checked
         against the config's diff_id; every new layer is renamed into place in the same
@@ -541,18 +791,15 @@ class ImageStore:
         self._ensure_dirs()
         stored_names = [str(reference.normalize(n)) for n in names]
         locks: list[int] = []
+        lock_paths: list[Path] = []
         tmps: list[Path] = []
         placed: set[Path] = set()
         try:
             # Sorted, so two pulls that share layers take their locks in the same order.
             for diff_hex in sorted({_hex(d) for d in diff_ids}):
-                lock = os.open(
-                    self.layers_dir / f"{LAYER_LOCK_PREFIX}{diff_hex}",
-                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                    0o600,
-                )
-                locks.append(lock)
-                fcntl.flock(lock, fcntl.LOCK_EX)
+                path = self.layers_dir / f"{LAYER_LOCK_PREFIX}{diff_hex}"
+                locks.append(_flock_file(path))
+                lock_paths.append(path)
             with self._locked():
                 self._cleanup_tmp()
                 jobs: list[tuple[str, str, Path]] = []
@@ -565,27 +812,14 @@ class ImageStore:
                     locks.append(tmp_lock)
                     tmps.append(tmp)
                     jobs.append((diff_id, blob, tmp))
-            fds: list[int] = []
-            try:
-                for _, blob, _ in jobs:
-                    fds.append(os.open(self.blob_path(blob), os.O_RDONLY | os.O_CLOEXEC))
-                results = (
-                    self._unpack_many(
-                        [(fd, tmp) for fd, (_, _, tmp) in zip(fds, jobs, strict=True)],
-                        whiteouts=True,
-                    )
-                    if jobs
-                    else []
-                )
-            except FileNotFoundError as e:
-                raise ImageError(
-                    "a layer blob vanished before it was unpacked",
-                    context=str(e.filename),
-                    hint="pull the image again",
-                ) from e
-            finally:
-                for fd in fds:
-                    os.close(fd)
+            if fetch is not None and jobs and self._runner is userns_runner:
+                results = self._unpack_streamed([(blob, tmp) for _, blob, tmp in jobs], fetch)
+            else:
+                if fetch is not None:
+                    # Nothing to unpack, or an in-process runner (tests), which runs the
+                    # unpacking before it reads a message: download first.
+                    fetch({})()
+                results = self._unpack_stored([(blob, tmp) for _, blob, tmp in jobs])
             sizes: dict[str, int] = {}
             for (diff_id, blob, tmp), result in zip(jobs, results, strict=True):
                 if result["diff_id"] != diff_id:
@@ -654,6 +888,12 @@ class ImageStore:
             leftovers = [t for t in tmps if t not in placed]
             if leftovers:
                 self._discard_quietly(leftovers)
+            # A failed pull leaves no trace: the lock files of layers that did not arrive go
+            # (unlinked while held; _flock_file makes a waiter take the new file instead).
+            for path in lock_paths:
+                if not (self.layers_dir / path.name[len(LAYER_LOCK_PREFIX) :]).exists():
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
             raise
         finally:
             for lock in locks:
@@ -945,6 +1185,23 @@ def find_image(images: list[Image], text: str) -> tuple[Image, str | None]:
     raise ImageNotFound(
         f"image {text!r} not found", context=f"tried {', '.join(tried)}", hint=NOT_FOUND_HINT
     )
+
+
+def _flock_file(path: Path) -> int:
+    """An fd of path (created if missing) with an exclusive flock on it. Retried when the
+    holder before us unlinked the file, so every locker holds the file that path names."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
 
 
 def _open_tarball(tarball: Path) -> int:
