@@ -630,8 +630,9 @@ def _api_socket_path(state_dir: Path, runtime_dir: Path) -> Path:
 def _slirp4netns_argv(
     pid: int, interface: str, api: Path, ready_w: int, exit_r: int, allow_host_loopback: bool
 ) -> list[str]:
-    # The same options as podman's (4.3, rootless), but for --enable-ipv6: the container's
-    # namespace gets no IPv6 route here, and the API socket that publishes ports.
+    # podman's options (4.3, rootless) but for --enable-ipv6 (no IPv6 way out here), plus an
+    # API socket (published ports); slirp4netns moves as many bytes per CPU-second for either
+    # (benchmarks/bench.py, scenario 4).
     argv = [
         _program("slirp4netns"),
         "--configure",
@@ -650,9 +651,11 @@ def _slirp4netns_argv(
 def _popen_slirp4netns(
     argv: list[str], log_path: Path, fds: tuple[int, int]
 ) -> subprocess.Popen[bytes]:
-    # A process group of its own: a ^C typed at `sandbox run` is for the container (sandbox
-    # forwards it), not for the helper, which must keep the network up while the container
-    # handles it; it ends through --exit-fd.
+    # A session (so a process group) of its own: a ^C typed at `sandbox run` is for the
+    # container (sandbox forwards it), not for the helper, which must keep the network up
+    # while the container handles it; it ends through --exit-fd. The session is also its own
+    # scheduler autogroup: a transfer is bound by this one process's CPU, which it then does
+    # not share with whatever else runs in the caller's terminal session.
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             argv,
@@ -661,7 +664,7 @@ def _popen_slirp4netns(
             stderr=subprocess.STDOUT,
             pass_fds=fds,
             close_fds=True,
-            process_group=0,
+            start_new_session=True,
         )
 
 
@@ -685,11 +688,13 @@ def launch_slirp4netns(
     try:
         argv = _slirp4netns_argv(pid, interface, api, ready_w, exit_r, allow_host_loopback)
         process = _popen_slirp4netns(argv, log_path, (ready_w, exit_r))
-    except OSError as e:
+    except BaseException as e:
         os.close(ready_r)
-        raise HostError(
-            "cannot start slirp4netns", context=e.strerror, hint="apt install slirp4netns"
-        ) from e
+        if isinstance(e, OSError):
+            raise HostError(
+                "cannot start slirp4netns", context=e.strerror, hint="apt install slirp4netns"
+            ) from e
+        raise
     finally:
         os.close(ready_w)
 
@@ -705,12 +710,13 @@ def launch_slirp4netns_detached(
     pid: int, interface: str, api: Path, log_path: Path, exit_r: int, *, what: str
 ) -> int:
     """slirp4netns as launch_slirp4netns starts it, but nobody's child of ours: a short-lived
-    intermediate (in a session of its own) starts it and exits, so it is reparented to init
-    (or to the nearest subreaper above us, see networks.orphans_not_ours) and reaped there
-    when it ends. Its pid once it is ready."""
+    intermediate starts it and exits, so it is reparented to init (or to the nearest subreaper
+    above us, see networks.orphans_not_ours) and reaped there when it ends. Its pid, once it
+    is ready."""
     from sandbox.rootless import userns
 
     userns.assert_single_threaded()  # fork() of a threaded Python process can deadlock
+    _program("slirp4netns")  # not installed: fail before any pipe or process exists
     ready_r, ready_w = os.pipe()
     report_r, report_w = os.pipe()
     argv = _slirp4netns_argv(pid, interface, api, ready_w, exit_r, False)
@@ -720,7 +726,6 @@ def launch_slirp4netns_detached(
         try:
             os.close(ready_r)
             os.close(report_r)
-            os.setsid()
             try:
                 process = _popen_slirp4netns(argv, log_path, (ready_w, exit_r))
                 os.write(report_w, f"pid {process.pid}".encode())
@@ -896,14 +901,14 @@ def _start_pasta(config: NetworkConfig, pid: int, state_dir: Path) -> Helper:
         with open(log_path, "wb") as log:
             # pasta has no exit fd and does not notice a PID-named namespace going away: it
             # stays our child and dies with us (PDEATHSIG; this process has one thread). A
-            # process group of its own, as slirp4netns: a ^C is for the container.
+            # session of its own, as slirp4netns: a ^C is for the container.
             process = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 close_fds=True,
-                process_group=0,
+                start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
     except OSError as e:
