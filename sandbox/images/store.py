@@ -24,11 +24,9 @@ import dataclasses
 import datetime
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import platform
-import secrets
 import shutil
 import stat
 import sys
@@ -158,6 +156,10 @@ class BlobWriter:
     """Writes a blob to its downloads/ file, hashing as it goes (see ImageStore.blob_writer)."""
 
     def __init__(self, fd: int, digest: str, path: Path, arrival: BlobArrival | None = None):
+        # hashlib loads OpenSSL (~2 ms): imported where a blob is hashed, since `sandbox run`
+        # only reads the index.
+        import hashlib
+
         self._fd = fd
         self.digest = digest
         self.path = path
@@ -432,6 +434,8 @@ class ImageStore:
         whiteouts: bool = False,
     ) -> Image:
         """Unpack one layer into tmp, publish it and index an image of base_layers + it."""
+        import hashlib
+
         placed = False
         try:
             result = self._unpack_many([(fd, tmp)], whiteouts=whiteouts)[0]
@@ -736,6 +740,8 @@ class ImageStore:
 
     def write_blob(self, data: bytes, digest: str | None = None) -> str:
         """Store data as a blob (verified against digest when given); returns its digest."""
+        import hashlib
+
         digest = digest or "sha256:" + hashlib.sha256(data).hexdigest()
         with self.blob_writer(digest) as writer:
             if writer is not None:
@@ -774,6 +780,8 @@ class ImageStore:
         layers/.lock-<hex> is held while a layer is unpacked and published, so a concurrent
         pull of an image with the same layer waits and then uses ours. The image id is the
         config's digest, as podman's; names move from any image that had them."""
+        import hashlib
+
         from sandbox.images import manifest as manifests
 
         config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
@@ -962,7 +970,7 @@ class ImageStore:
                 if diff_id in in_use:
                     continue
                 # Renamed to .tmp- first: a half-deleted layer must never look like a layer.
-                tmp = self.layers_dir / (TMP_PREFIX + secrets.token_hex(8))
+                tmp = self.layers_dir / (TMP_PREFIX + os.urandom(8).hex())
                 try:
                     os.rename(self.layer_dir(diff_id), tmp)
                 except FileNotFoundError:
@@ -983,7 +991,7 @@ class ImageStore:
             for entry in os.scandir(self.layers_dir):
                 if entry.name.startswith((TMP_PREFIX, LAYER_LOCK_PREFIX)) or entry.name in in_use:
                     continue
-                tmp = self.layers_dir / (TMP_PREFIX + secrets.token_hex(8))
+                tmp = self.layers_dir / (TMP_PREFIX + os.urandom(8).hex())
                 os.rename(entry.path, tmp)
                 orphans.append(tmp)
             if orphans:
@@ -1015,7 +1023,7 @@ class ImageStore:
 
     def _new_tmp(self) -> tuple[Path, int]:
         """A new layers/.tmp-* directory, flock'ed so no cleanup removes it while in use."""
-        path = self.layers_dir / (TMP_PREFIX + secrets.token_hex(8))
+        path = self.layers_dir / (TMP_PREFIX + os.urandom(8).hex())
         os.mkdir(path, 0o700)
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -1262,7 +1270,7 @@ def _write_json(path: Path, value: Any) -> None:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write path so a crash leaves the old or the new content, never a mix."""
-    tmp = path.with_name(TMP_PREFIX + path.name + "-" + secrets.token_hex(4))
+    tmp = path.with_name(TMP_PREFIX + path.name + "-" + os.urandom(4).hex())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)

@@ -26,7 +26,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -301,6 +300,8 @@ def _probe_overlay_userns() -> Probe:
     mapping = idmap.IdMapping(
         (idmap.IdRange(0, uid, 1),), (idmap.IdRange(0, gid, 1),), single_reason="feature probe"
     )
+    import tempfile  # here, not on every run's path (the probes are cached per boot)
+
     try:
         base = Path(tempfile.mkdtemp(prefix="overlay-probe-", dir=runtime_root()))
     except (OSError, SandboxError) as e:
@@ -903,6 +904,8 @@ def _store(result: Probe) -> None:
         return
     probes = _load_cache(path, boot_id)
     probes[result.name] = {"ok": result.ok, "detail": result.detail, "fix": result.fix}
+    import tempfile
+
     try:
         fd, tmp = tempfile.mkstemp(prefix=".probes-", dir=path.parent)
     except OSError:

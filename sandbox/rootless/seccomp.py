@@ -317,7 +317,10 @@ def compile_cached(
     same result. The key covers the profile, the capabilities, the kernel version, the machine
     and the libseccomp version. A cache that cannot be read or written is ignored.
     """
-    import hashlib
+    try:  # the interpreter's own BLAKE2: hashlib would load OpenSSL (~2 ms) for one key
+        from _blake2 import blake2b
+    except ImportError:  # pragma: no cover - an interpreter built without it
+        from hashlib import blake2b
 
     lib = _libseccomp()
     lib.seccomp_version.restype = ctypes.POINTER(_Version)
@@ -329,7 +332,8 @@ def compile_cached(
         platform.machine(),
         [version.major, version.minor, version.micro],
     ]
-    key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    text = json.dumps(inputs, sort_keys=True, default=str).encode()
+    key = blake2b(text, digest_size=32).hexdigest()
     path = cache_dir / f"{key}.bpf"
     try:
         st = os.lstat(path)
