@@ -53,6 +53,7 @@ CHECKS: dict[str, CheckInfo] = {
     "nested": CheckInfo("nested in another container", WARNING),
     "nftables": CheckInfo("nf_tables in a user namespace (--egress-allow)", WARNING),
     "podman": CheckInfo("podman (a peer that drives sandbox-runtime)", WARNING),
+    "native_monitor": CheckInfo("native monitor (small idle detached containers)", WARNING),
 }
 
 

@@ -14,7 +14,8 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$repo/.venv
-packages=(uidmap slirp4netns passt fuse-overlayfs busybox-static python3-venv)
+packages=(uidmap slirp4netns passt fuse-overlayfs busybox-static python3-venv
+          gcc libc6-dev)  # gcc: the small native monitor of detached containers (sandbox/libexec)
 
 step() { echo "==> $*"; }
 die() { echo "error: $*" >&2; exit 1; }

@@ -826,6 +826,20 @@ def _probe_nftables() -> Probe:
     )
 
 
+def _probe_native_monitor() -> Probe:
+    """Whether detached containers get the small C monitor (sandbox/libexec) or the Python one."""
+    from sandbox import libexec
+
+    name = "native_monitor"
+    program, why = libexec.monitor_program(build=False)
+    if program is not None:
+        return Probe(name, True, f"detached containers are monitored by {program}")
+    if why.startswith("not built yet"):
+        return Probe(name, True, why)
+    fix = f"unset {libexec.ENV}" if why.startswith(libexec.ENV) else libexec.INSTALL_HINT
+    return Probe(name, False, f"the Python monitor is used ({why}; ~16 MiB per container)", fix)
+
+
 # ---------------------------------------------------------------------------------------------
 # the table, the cache, the entry points
 
@@ -852,6 +866,7 @@ _PROBES: dict[str, Callable[[], Probe]] = {
     "nested": _probe_nested,
     "nftables": _probe_nftables,
     "podman": lambda: _probe_binary("podman", "tests that drive sandbox-runtime through podman"),
+    "native_monitor": _probe_native_monitor,
 }
 
 NAMES: tuple[str, ...] = tuple(_PROBES)

@@ -239,6 +239,21 @@ def _prepare_dirs(spec: specs.ContainerSpec) -> None:
         keepid.write(etc, layers, keepid.host_identity())
 
 
+@dataclasses.dataclass
+class Started:
+    """A container whose command runs: what its parent holds until PID 1 has exited.
+
+    The detached monitor hands this over to its native half and back (runtime/monitor.py).
+    """
+
+    record: Container
+    pid1: int
+    master: int | None  # the pty master (with a terminal)
+    helper: network.Helper | None
+    attachment: networks.Attachment | None
+    cgroup: Path | None
+
+
 def start_and_wait(
     spec: specs.ContainerSpec,
     store: ContainerStore,
@@ -247,83 +262,104 @@ def start_and_wait(
     pump: parent.Pump = parent.relay_terminal,
     on_started: Callable[[Container], None] | None = None,
 ) -> int:
+    forwarder = parent.SignalForwarder()
+    with forwarder.installed():
+        started = start(spec, store, record, forwarder)
+        forwarder.arm(started.pid1)
+        if on_started is not None:
+            on_started(started.record)
+        pump(spec, started.master)
+        if started.master is not None:
+            os.close(started.master)
+            started.master = None
+        return finish(store, started, wait_pid(started.pid1))
+
+
+def start(
+    spec: specs.ContainerSpec,
+    store: ContainerStore,
+    record: Container,
+    forwarder: parent.SignalForwarder,
+) -> Started:
+    """Start the container's command (the caller has installed forwarder). On failure the
+    exit is recorded, everything started is undone, and the error raised."""
     # PID 1 is a grandchild: as a subreaper we inherit it when the intermediate exits, so
     # we can wait for it and read its real exit status.
     syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
     # A published port in use fails now, before any process exists.
     network.check_ports_free(spec.network.ports)
-    forwarder = parent.SignalForwarder()
     pid1: int | None = None
     master: int | None = None
     helper: network.Helper | None = None
     attachment: networks.Attachment | None = None
-    with forwarder.installed():
+    cgroup: Path | None = None
+    try:
+        # A named network or a pod: spawned under the rootless netns holder's user namespace.
+        attachment = networks.prepare(spec, store, runtime_root())
+        intermediate, channel = userns.spawn(
+            spec.mapping,
+            lambda ch: init.intermediate(spec, ch),
+            within=attachment.within if attachment is not None else None,
+        )
         try:
-            # A named network or a pod: spawned under the rootless netns holder's user namespace.
-            attachment = networks.prepare(spec, store, runtime_root())
-            intermediate, channel = userns.spawn(
-                spec.mapping,
-                lambda ch: init.intermediate(spec, ch),
-                within=attachment.within if attachment is not None else None,
+            # Step 2b: into its cgroup before it can fork PID 1, so nothing escapes.
+            record, cgroup = _join_cgroup(spec, store, record, intermediate)
+            channel.send("cgroup")
+            message, _ = channel.expect("pid1")
+            pid1 = int(message["pid"])
+            wait_pid(intermediate)
+            record = store.update(
+                record,
+                status="running",
+                pid=pid1,
+                pid_start=state.process_start_time(pid1) or 0,
+                boot_id=state.boot_id(),
+                started_at=state.now(),
             )
-            try:
-                # Step 2b: into its cgroup before it can fork PID 1, so nothing escapes.
-                record, cgroup = _join_cgroup(spec, store, record, intermediate)
-                channel.send("cgroup")
-                message, _ = channel.expect("pid1")
-                pid1 = int(message["pid"])
-                wait_pid(intermediate)
-                record = store.update(
-                    record,
-                    status="running",
-                    pid=pid1,
-                    pid_start=state.process_start_time(pid1) or 0,
-                    boot_id=state.boot_id(),
-                    started_at=state.now(),
-                )
-                channel.send("reparented")
-                if spec.process.terminal:
-                    master = parent.receive_pty(channel, forwarder)
-                channel.expect("ready")
-                # Step 9: PID 1's namespaces exist and it waits; the helper joins them.
-                helper = network.start(spec.network, pid1, store.dir(spec.id), runtime_root())
-                if attachment is not None:  # eth0 on the network's bridge, ports, peers' hosts
-                    networks.connect(attachment, runtime_root(), pid1)
-                if spec.network.ports:
-                    record = store.update(record, ports=tuple(map(str, spec.network.ports)))
-                channel.send("start")
-                parent.wait_for_exec(channel)
-            finally:
-                channel.close()
-        except BaseException as error:
-            if pid1 is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid1, signal.SIGKILL)
-                wait_pid(pid1)
-            if helper is not None:
-                helper.stop()
-            if attachment is not None:
-                networks.detach(attachment, runtime_root())
-            if master is not None:
-                os.close(master)
-            _release_cgroup(record)
-            code = error.exit_code if isinstance(error, SandboxError) else ExitCode.ENGINE
-            store.update(record, status="exited", exit_code=code, finished_at=state.now())
-            raise
-        forwarder.arm(pid1)
-        if on_started is not None:
-            on_started(record)
-        pump(spec, master)
-        if master is not None:
-            os.close(master)
-        status = wait_pid(pid1)
+            channel.send("reparented")
+            if spec.process.terminal:
+                master = parent.receive_pty(channel, forwarder)
+            channel.expect("ready")
+            # Step 9: PID 1's namespaces exist and it waits; the helper joins them.
+            helper = network.start(spec.network, pid1, store.dir(spec.id), runtime_root())
+            if attachment is not None:  # eth0 on the network's bridge, ports, peers' hosts
+                networks.connect(attachment, runtime_root(), pid1)
+            if spec.network.ports:
+                record = store.update(record, ports=tuple(map(str, spec.network.ports)))
+            channel.send("start")
+            parent.wait_for_exec(channel)
+        finally:
+            channel.close()
+    except BaseException as error:
+        if pid1 is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid1, signal.SIGKILL)
+            wait_pid(pid1)
         if helper is not None:
             helper.stop()
         if attachment is not None:
             networks.detach(attachment, runtime_root())
+        if master is not None:
+            os.close(master)
+        _release_cgroup(record)
+        code = error.exit_code if isinstance(error, SandboxError) else ExitCode.ENGINE
+        store.update(record, status="exited", exit_code=code, finished_at=state.now())
+        raise
+    assert pid1 is not None  # set before "start" is sent
+    return Started(record, pid1, master, helper, attachment, cgroup)
+
+
+def finish(store: ContainerStore, started: Started, status: int) -> int:
+    """PID 1 has exited with wait status `status` (and was reaped): stop the network helper,
+    leave the named network, read OOM, release the cgroup, record the exit; the exit code."""
+    if started.helper is not None:
+        started.helper.stop()
+    if started.attachment is not None:
+        networks.detach(started.attachment, runtime_root())
     code = exit_code_for_wait_status(status)
     # Read before the cgroup is released: a systemd scope vanishes once it is empty.
-    oom = cgroup is not None and cgroups.oom_killed(cgroup)
+    oom = started.cgroup is not None and cgroups.oom_killed(started.cgroup)
+    record = started.record
     _release_cgroup(record)
     store.update(record, status="exited", exit_code=code, finished_at=state.now(), oom_killed=oom)
     return code

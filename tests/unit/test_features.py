@@ -31,6 +31,7 @@ EXPECTED = {
     "nested",
     "nftables",
     "podman",
+    "native_monitor",
 }
 
 

@@ -1,0 +1,249 @@
+"""The monitor of a detached container, as an unprivileged user: the small C program that relays
+output once the container runs (sandbox/libexec/monitor.c), and the Python monitor that stands in
+for it without a C compiler (forced here with SANDBOX_MONITOR=python). Both must write the same
+k8s-file log, serve `sandbox attach`, restart by policy, honour --rm and record the exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sandbox.runtime import logs
+from tests.helpers import SandboxEnv
+
+pytestmark = pytest.mark.needs("userns", "subids", "newuidmap")
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+MONITORS = [pytest.param("native", marks=pytest.mark.needs("native_monitor")), "python"]
+STAMP = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
+LONG = 40000  # more than two MAX_PARTIAL records in one line
+
+
+def _ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _dir(env: SandboxEnv, container_id: str) -> Path:
+    return env.data_home / "sandbox" / "containers" / container_id
+
+
+def _record(env: SandboxEnv, container_id: str) -> dict[str, object]:
+    return dict(json.loads((_dir(env, container_id) / "container.json").read_text()))
+
+
+def _pss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Pss in /proc/{pid}/smaps_rollup")
+
+
+@pytest.fixture(params=MONITORS)
+def monitor(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def run(sandbox_env: SandboxEnv, monitor: str) -> Run:
+    """`sandbox` with the monitor under test (run -d passes its environment to the monitor)."""
+    extra = {"SANDBOX_MONITOR": monitor}
+
+    def run(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return sandbox_env.run(*args, env=extra, **kwargs)  # type: ignore[arg-type]
+
+    return run
+
+
+def _expected_exe(env: SandboxEnv, monitor: str, pid: int) -> None:
+    """The monitor runs the compiled program (it execs it right after reporting "started")."""
+    cache = env.home / ".cache" / "sandbox" / "libexec"
+
+    def native() -> bool:
+        exe = Path(os.readlink(f"/proc/{pid}/exe"))
+        return exe.parent == cache and exe.name.startswith("sandbox-monitor-")
+
+    if monitor == "native":
+        _until(native, "the monitor to exec the compiled program")
+    else:
+        time.sleep(0.2)
+        assert "python" in os.readlink(f"/proc/{pid}/exe")
+
+
+@pytest.mark.needs("native_monitor")
+def test_idle_native_monitor_is_small(sandbox_env: SandboxEnv, busybox_image: str) -> None:
+    run = sandbox_env.run
+    container_id = _ok(
+        run("run", "-d", "--network", "none", "--name", "idle", busybox_image, "sleep", "1000")
+    ).strip()
+    record = _record(sandbox_env, container_id)
+    monitor_pid, pid1 = int(str(record["monitor_pid"])), int(str(record["pid"]))
+    _expected_exe(sandbox_env, "native", monitor_pid)
+    # Still PID 1's parent (the exec kept the pid), and small.
+    status = Path(f"/proc/{pid1}/status").read_text()
+    assert f"\nPPid:\t{monitor_pid}\n" in status
+    pss = _pss_kib(monitor_pid)
+    assert pss < 2048, f"the idle monitor's PSS is {pss} KiB"
+    # doctor names the program in use.
+    doctor = _ok(run("doctor"))
+    assert "native monitor" in doctor and os.readlink(f"/proc/{monitor_pid}/exe") in doctor
+    _ok(run("stop", "-t", "1", "idle"))
+    assert _record(sandbox_env, container_id)["status"] == "exited"
+    _ok(run("rm", "idle"))
+
+
+def test_logs_and_attach_round_trip(
+    sandbox_env: SandboxEnv, run: Run, monitor: str, busybox_image: str
+) -> None:
+    name = f"relay-{monitor}"
+    script = (
+        "read line; echo got=$line; echo err=$line >&2; "
+        f"head -c {LONG} /dev/zero | tr '\\0' x; echo; printf tail; exit 3"
+    )
+    container_id = _ok(
+        run(
+            "run",
+            "-d",
+            "-i",
+            "--network",
+            "none",
+            "--name",
+            name,
+            busybox_image,
+            "sh",
+            "-c",
+            script,
+        )
+    ).strip()
+    record = _record(sandbox_env, container_id)
+    _expected_exe(sandbox_env, monitor, int(str(record["monitor_pid"])))
+    attacher = subprocess.Popen(
+        [*sandbox_env.argv_prefix(), "attach", name],
+        env={**sandbox_env.env, "SANDBOX_MONITOR": monitor},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(1)  # let it connect before the input arrives
+    out, err = attacher.communicate(b"hello\n", timeout=60)
+    assert attacher.returncode == 3, err
+    assert out == b"got=hello\n" + b"x" * LONG + b"\ntail"
+    assert err == b"err=hello\n"
+
+    # The log: the same records as logs.LogWriter writes, whichever monitor wrote them.
+    raw = (_dir(sandbox_env, container_id) / "ctr.log").read_bytes()
+    records = [line.split(b" ", 3) for line in raw.split(b"\n")[:-1]]
+    for stamp, stream, tag, text in records:
+        assert STAMP.match(stamp), stamp
+        assert stream in (b"stdout", b"stderr") and tag in (b"F", b"P")
+        assert len(text) <= logs.MAX_PARTIAL
+    mine = [(s, t, x) for _, s, t, x in records]
+    assert (b"stdout", b"F", b"got=hello") in mine and (b"stderr", b"F", b"err=hello") in mine
+    long_records = [(t, x) for s, t, x in mine if s == b"stdout" and x.startswith(b"x")]
+    assert b"".join(x for _, x in long_records) == b"x" * LONG
+    assert [t for t, _ in long_records][-1] == b"F" and {t for t, _ in long_records[:-1]} == {b"P"}
+    assert mine[-1] == (b"stdout", b"P", b"tail")  # output that stopped without a newline
+    shown = _ok(run("logs", name))
+    assert shown.startswith("got=hello\n") and shown.endswith("tail")
+    assert _record(sandbox_env, container_id)["exit_code"] == 3
+    _ok(run("rm", name))
+
+
+def test_restart_on_failure_runs_three_times(
+    sandbox_env: SandboxEnv, run: Run, monitor: str, busybox_image: str
+) -> None:
+    name = f"flaky-{monitor}"
+    container_id = _ok(
+        run(
+            "run",
+            "-d",
+            "--restart",
+            "on-failure:2",
+            "--network",
+            "none",
+            "--name",
+            name,
+            busybox_image,
+            "sh",
+            "-c",
+            "echo attempt; sleep 0.2; exit 4",
+        )
+    ).strip()
+    monitor_pid = int(str(_record(sandbox_env, container_id)["monitor_pid"]))
+    _until(lambda: _ok(run("logs", name)).count("attempt") == 3, "three attempts")
+    assert _ok(run("wait", name)).strip() == "4"
+    time.sleep(0.5)
+    record = _record(sandbox_env, container_id)
+    assert _ok(run("logs", name)).count("attempt") == 3
+    assert record["restart_count"] == 2 and record["exit_code"] == 4
+    # One monitor process all along: the native one execs back and forth, keeping its pid.
+    assert record["monitor_pid"] == monitor_pid
+    _until(lambda: not os.path.exists(f"/proc/{monitor_pid}"), "the monitor to end")
+    _ok(run("rm", name))
+
+
+def test_rm_removes_the_container_after_its_exit(
+    sandbox_env: SandboxEnv, run: Run, busybox_image: str
+) -> None:
+    container_id = _ok(
+        run("run", "-d", "--rm", "--network", "none", busybox_image, "sh", "-c", "sleep 0.5")
+    ).strip()
+    assert _dir(sandbox_env, container_id).exists()
+    _until(lambda: not _dir(sandbox_env, container_id).exists(), "the container to go")
+    ps = json.loads(_ok(run("ps", "-a", "--format", "json")))
+    assert container_id not in [c["Id"] for c in ps]
+
+
+def test_exit_by_signal_and_oom_are_recorded(
+    sandbox_env: SandboxEnv, run: Run, monitor: str, busybox_image: str
+) -> None:
+    name = f"killed-{monitor}"
+    container_id = _ok(
+        run("run", "-d", "--network", "none", "--name", name, busybox_image, "sleep", "1000")
+    ).strip()
+    _ok(run("kill", name))
+    assert _ok(run("wait", name)).strip() == "137"
+    record = _record(sandbox_env, container_id)
+    assert record["status"] == "exited" and record["exit_code"] == 137
+    assert record["oom_killed"] is False  # not the OOM killer (this host enforces no limits)
+    assert not (_dir(sandbox_env, container_id) / "attach.sock").exists()
+    _ok(run("rm", name))
+
+
+@pytest.mark.needs("slirp4netns", "tun")
+def test_killed_native_monitor_takes_pid1_and_the_network_helper(
+    sandbox_env: SandboxEnv, run: Run, monitor: str, busybox_image: str
+) -> None:
+    name = f"orphan-{monitor}"
+    container_id = _ok(
+        run("run", "-d", "--network", "slirp4netns", "--name", name, busybox_image, "sleep", "1000")
+    ).strip()
+    record = _record(sandbox_env, container_id)
+    monitor_pid, pid1 = int(str(record["monitor_pid"])), int(str(record["pid"]))
+    helpers = [
+        int(p)
+        for p in Path(f"/proc/{monitor_pid}/task/{monitor_pid}/children").read_text().split()
+        if Path(f"/proc/{p}/comm").read_text().strip() == "slirp4netns"
+    ]
+    assert len(helpers) == 1
+    os.kill(monitor_pid, signal.SIGKILL)
+    _until(lambda: not os.path.exists(f"/proc/{pid1}"), "PID 1 to die with its monitor")
+    # slirp4netns quits when its exit fd's last holder (the monitor) is gone.
+    _until(lambda: not os.path.exists(f"/proc/{helpers[0]}"), "slirp4netns to quit")
+    _ok(run("rm", "-f", name))
