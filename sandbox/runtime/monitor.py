@@ -328,7 +328,9 @@ class Session:
             print(f"cannot exec {argv[0]}: {e}", file=sys.stdout)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(started.pid1, signal.SIGKILL)
-            os.execv(argv[argv.index("--") + 1], [*argv[argv.index("--") + 1 :], "--status=0"])
+            status = userns.wait_pid(started.pid1)
+            finish_argv = argv[argv.index("--") + 1 :]
+            os.execv(finish_argv[0], [*finish_argv, f"--status={status}"])
 
     def end(self) -> None:
         """No restart: clients see the end of the stream, the attach socket goes."""
