@@ -248,6 +248,28 @@ def throughput(iperf_json: str) -> float:
     return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
+def bits_sent(iperf_json: str) -> float:
+    """Every bit the client sent, the omitted (-O) seconds included, from iperf3 -J output."""
+    data = json.loads(iperf_json)
+    return sum(float(i["sum"]["bytes"]) * 8 for i in data.get("intervals", []))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time one process has used so far (from /proc/PID/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_with_argument(comm: str, argument: str) -> int:
+    """The pid of this user's process named comm with argument among its arguments (such as
+    the slirp4netns serving a container: its PID 1's pid, or podman's netns path)."""
+    for pid, (_ppid, name, cmdline) in host_processes().items():
+        if name == comm and argument in cmdline.split()[1:]:
+            return pid
+    raise BenchError(f"no {comm} process with the argument {argument}")
+
+
 def memory(pid: int) -> tuple[int, int]:
     """(Rss, Pss) in KiB of one process, from /proc/PID/smaps_rollup."""
     rss = pss = 0
