@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.runtime import logs
+from tests import helpers
 from tests.helpers import SandboxEnv
 
 pytestmark = pytest.mark.needs("userns", "subids", "newuidmap")
@@ -247,3 +249,129 @@ def test_killed_native_monitor_takes_pid1_and_the_network_helper(
     # slirp4netns quits when its exit fd's last holder (the monitor) is gone.
     _until(lambda: not os.path.exists(f"/proc/{helpers[0]}"), "slirp4netns to quit")
     _ok(run("rm", "-f", name))
+
+
+# ---------------------------------------------------------------------------------------------
+# the C program driven directly: hostile output, chunking, slow clients (no container needed)
+
+
+@pytest.fixture(scope="session")
+def native_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sandbox import libexec
+
+    helpers.needs("native_monitor")
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        program, why = libexec.monitor_program()
+    finally:
+        if saved is None:
+            del os.environ["XDG_CACHE_HOME"]
+        else:
+            os.environ["XDG_CACHE_HOME"] = saved
+    assert program is not None, why
+    return program
+
+
+def _drive(
+    program: Path, tmp: Path, writes: list[tuple[int, bytes]], *, code: int = 3, read: bool = True
+) -> tuple[bytes, dict[str, str], bytes]:
+    """Run the C monitor over a child (its "PID 1") that writes `writes` ((1|2, data), ...) and
+    exits with code; the log, the finish arguments it execs with, and what a client got."""
+    log, result = tmp / "ctr.log", tmp / "finish.txt"
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    gate_r, gate_w = os.pipe()
+    ours, theirs = socket.socketpair()
+    first = os.fork()
+    if first == 0:  # pragma: no cover - the monitor-to-be
+        try:
+            pid1 = os.fork()
+            if pid1 == 0:
+                os.read(gate_r, 1)
+                for stream, data in writes:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(out_w if stream == 1 else err_w, view) :]
+                os._exit(code)
+            for fd in (out_w, err_w, gate_r, gate_w, ours.fileno()):
+                os.close(fd)
+            for fd in (out_r, err_r, theirs.fileno()):
+                os.set_inheritable(fd, True)
+            finish = ["/bin/sh", "-c", f'printf "%s\\n" "$@" > {result}', "sh"]
+            argv = [str(program), "--pid1", str(pid1), "--log", str(log)]
+            argv += ["--out", str(out_r), "--err", str(err_r), "--client", str(theirs.fileno())]
+            os.execv(argv[0], [*argv, "--", *finish])
+        finally:
+            os._exit(127)
+    for fd in (out_r, out_w, err_r, err_w, gate_r):
+        os.close(fd)
+    theirs.close()
+    received = bytearray()
+    os.write(gate_w, b"x")
+    os.close(gate_w)
+    if read:
+        while chunk := ours.recv(1 << 16):
+            received += chunk
+    assert os.waitpid(first, 0)[1] == 0
+    ours.close()
+    args = dict(a[2:].split("=", 1) for a in result.read_text().split())
+    return log.read_bytes(), args, bytes(received)
+
+
+def _frames(data: bytes) -> dict[int, bytes]:
+    streams = {1: b"", 2: b""}
+    while data:
+        length = int.from_bytes(data[1:5], "big")
+        assert len(data) >= 5 + length
+        streams[data[0]] += data[5 : 5 + length]
+        data = data[5 + length :]
+    return streams
+
+
+def _lines(path: Path) -> dict[str, list[tuple[bytes, bool]]]:
+    lines, offset = logs.read_lines(path)
+    found: dict[str, list[tuple[bytes, bool]]] = {"stdout": [], "stderr": []}
+    for line in [*lines, *logs.trailing_partials(path, offset)]:
+        found[line.stream].append((line.text, line.complete))
+    return found
+
+
+HOSTILE = [
+    (1, b"%s%n%x %p\n"),
+    (2, b"\x00\xff\xfe not utf-8 \r\n"),
+    (1, b"x" * logs.MAX_PARTIAL + b"\n"),  # exactly one record's worth
+    (1, b"y" * (logs.MAX_PARTIAL * 3 + 5)),
+    (1, b"\n\n"),
+    (2, b"z" * 100_000 + b"\nshort\n"),
+    (1, b"no newline at the end"),
+]
+
+
+def test_native_log_and_frames_match_the_python_writer(
+    native_program: Path, tmp_path: Path
+) -> None:
+    raw, args, received = _drive(native_program, tmp_path, HOSTILE)
+    assert args["status"] == str(3 << 8) and args["clients"] and args["reaped"] == ""
+    for record in raw.split(b"\n")[:-1]:
+        stamp, stream, tag, text = record.split(b" ", 3)
+        assert STAMP.match(stamp) and stream in (b"stdout", b"stderr") and tag in (b"F", b"P")
+        assert len(text) <= logs.MAX_PARTIAL
+    reference = logs.LogWriter(tmp_path / "reference.log")
+    for stream, data in HOSTILE:
+        reference.write("stdout" if stream == 1 else "stderr", data)
+    reference.close()
+    assert _lines(tmp_path / "ctr.log") == _lines(tmp_path / "reference.log")
+    streams = _frames(received)
+    for number in (1, 2):
+        assert streams[number] == b"".join(d for s, d in HOSTILE if s == number)
+
+
+def test_native_monitor_drops_a_client_that_does_not_read(
+    native_program: Path, tmp_path: Path
+) -> None:
+    big = b"0123456789abcde\n" * (6 * 1024 * 1024 // 16)  # 6 MiB: more than 4 MiB behind
+    raw, args, _ = _drive(native_program, tmp_path, [(1, big)], code=0, read=False)
+    assert args["status"] == "0"
+    assert args["clients"] == ""  # dropped, not waited for
+    assert raw.count(b" stdout F 0123456789abcde\n") == len(big) // 16
