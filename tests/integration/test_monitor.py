@@ -375,3 +375,39 @@ def test_native_monitor_drops_a_client_that_does_not_read(
     assert args["status"] == "0"
     assert args["clients"] == ""  # dropped, not waited for
     assert raw.count(b" stdout F 0123456789abcde\n") == len(big) // 16
+
+
+def test_attach_stays_connected_across_restarts(
+    sandbox_env: SandboxEnv, run: Run, monitor: str, busybox_image: str
+) -> None:
+    name = f"reattached-{monitor}"
+    container_id = _ok(
+        run(
+            "run",
+            "-d",
+            "--restart",
+            "on-failure:1",
+            "--network",
+            "none",
+            "--name",
+            name,
+            busybox_image,
+            "sh",
+            "-c",
+            "sleep 1.5; echo out; exit 2",
+        )
+    ).strip()
+    _expected_exe(sandbox_env, monitor, int(str(_record(sandbox_env, container_id)["monitor_pid"])))
+    attacher = subprocess.Popen(
+        [*sandbox_env.argv_prefix(), "attach", "--no-stdin", name],
+        env={**sandbox_env.env, "SANDBOX_MONITOR": monitor},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = attacher.communicate(timeout=60)
+    # One connection sees both runs (the monitor keeps it across the restart), then the end.
+    assert out == b"out\nout\n", err
+    assert attacher.returncode == 2
+    assert _record(sandbox_env, container_id)["restart_count"] == 1
+    _ok(run("rm", name))
