@@ -79,12 +79,13 @@ class Readable(Protocol):
 
 
 class DigestReader(io.RawIOBase):
-    """A readable stream that hashes (sha256) and counts what is read through it."""
+    """A readable stream that hashes (sha256, unless hashing is off) and counts what is read
+    through it."""
 
-    def __init__(self, raw: Readable):
+    def __init__(self, raw: Readable, *, hashing: bool = True):
         super().__init__()
         self._raw = raw
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if hashing else None
         self.size = 0
 
     def readable(self) -> bool:
@@ -95,7 +96,8 @@ class DigestReader(io.RawIOBase):
         data = self._raw.read(len(view))
         n = len(data)
         view[:n] = data
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
         self.size += n
         return n
 
@@ -106,7 +108,8 @@ class DigestReader(io.RawIOBase):
 
     @property
     def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest()
+        """ "sha256:<hex>" of what was read; "" when hashing is off."""
+        return "sha256:" + self._hash.hexdigest() if self._hash is not None else ""
 
 
 class _Prefixed(io.RawIOBase):
@@ -182,18 +185,19 @@ def data_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextmanager
-def open_tar(fd: int) -> Iterator[tuple[tarfile.TarFile, DigestReader]]:
+def open_tar(fd: int, *, digest: bool = True) -> Iterator[tuple[tarfile.TarFile, DigestReader]]:
     """Stream the tarball open on fd (read from its current offset; fd is not closed).
 
     Yields the tarfile (stream mode: members in order, each readable once) and the digest
-    reader; after iterating, call reader.drain() before reading reader.digest.
+    reader; after iterating, call reader.drain() before reading reader.digest (digest=False:
+    the caller hashes the stream elsewhere, and reader.digest is "").
     Names are decoded as UTF-8 with surrogateescape, so any byte string round-trips through
     name.encode("utf-8", "surrogateescape").
     """
     raw = io.BufferedReader(io.FileIO(os.dup(fd), "rb", closefd=True), buffer_size=CHUNK)
     try:
         stream = decompressed(raw)
-        reader = DigestReader(stream)
+        reader = DigestReader(stream, hashing=digest)
         try:
             # Stream mode ("r|"): tarfile reads front to back and never seeks. Its 10 KiB
             # reads come from a C buffer, not through the Python layers below one by one.

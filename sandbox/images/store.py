@@ -237,6 +237,7 @@ class _Pump:
         self._thread = threading.Thread(target=self._run, name="layer-pump", daemon=True)
         self.started = False
         self.error: BaseException | None = None
+        self.digests: list[tuple[str, int]] = []  # (diff_id, size) of each blob fed in full
 
     def start(self) -> None:
         self.started = True
@@ -247,13 +248,19 @@ class _Pump:
             self._thread.join()
 
     def _run(self) -> None:
+        import hashlib
+
         from sandbox.images import archive
 
         try:
             for arrival, pipe in zip(self._sources, self._pipes, strict=True):
+                diff_id = hashlib.sha256()
+                size = 0
                 try:
                     stream = archive.decompressed(arrival)
                     while chunk := stream.read(archive.CHUNK):
+                        diff_id.update(chunk)
+                        size += len(chunk)
                         view = memoryview(chunk)
                         while view:
                             view = view[os.write(pipe, view) :]
@@ -263,6 +270,7 @@ class _Pump:
                     ) from e
                 os.close(pipe)
                 self._pipes[self._pipes.index(pipe)] = -1
+                self.digests.append(("sha256:" + diff_id.hexdigest(), size))
         except (BrokenPipeError, DownloadFailed):
             pass  # the unpacking process or the download stopped: its error says why
         except BaseException as e:
@@ -532,7 +540,11 @@ class ImageStore:
             results: list[dict[str, Any]] = []
             try:
                 results = self._unpack_many(
-                    inputs, whiteouts=True, child_closes=list(write_ends), on_feed=on_feed
+                    inputs,
+                    whiteouts=True,
+                    child_closes=list(write_ends),
+                    on_feed=on_feed,
+                    digest=False,  # the pump hashes what it feeds, on the other core
                 )
             except BaseException as e:
                 unpack_error = e
@@ -552,6 +564,13 @@ class ImageStore:
             for error in (fetch_error, pump.error, unpack_error):
                 if error is not None:
                     raise error
+            for result, (diff_id, size) in zip(results, pump.digests, strict=True):
+                if int(result["size"]) != size:
+                    raise LayerError(
+                        "the unpacking process did not read the whole layer",
+                        context=f"{result['size']} of {size} bytes",
+                    )
+                result["diff_id"] = diff_id
             return results
         finally:
             for fd in read_ends:
@@ -569,11 +588,13 @@ class ImageStore:
         whiteouts: bool,
         child_closes: list[int] | None = None,
         on_feed: Callable[[], None] | None = None,
+        digest: bool = True,
     ) -> list[dict[str, Any]]:
         """Unpack each (tarball fd, layers/.tmp-* dir) in one user-namespace child (one fork
         for all layers of an image). whiteouts: OCI whiteouts become overlay whiteouts.
         child_closes: fds the child closes first (the write ends of its input pipes);
-        on_feed: called in this process when the child is ready for its input."""
+        on_feed: called in this process when the child is ready for its input; digest=False:
+        the caller hashes the input (results then have an empty diff_id)."""
         from sandbox.images import unpack
 
         options = unpack.UnpackOptions(
@@ -595,7 +616,7 @@ class ImageStore:
                 os.mkdir(diff, 0o755)
                 dest = os.open(diff, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
-                    done.append(unpack.unpack_file(fd, dest, options))
+                    done.append(unpack.unpack_file(fd, dest, options, digest=digest))
                 finally:
                     os.close(dest)
             # Everything on disk before the rename publishes the layer (os.sync: Python has

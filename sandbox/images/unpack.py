@@ -138,12 +138,15 @@ class _DirMeta:
     mtime_ns: int
 
 
-def unpack_file(tarball_fd: int, dest_fd: int, options: UnpackOptions) -> UnpackResult:
+def unpack_file(
+    tarball_fd: int, dest_fd: int, options: UnpackOptions, *, digest: bool = True
+) -> UnpackResult:
     """Unpack the tarball open on tarball_fd (any supported compression) into the directory
-    open on dest_fd, computing its diff_id on the way. Corrupt data raises LayerError; the
-    caller removes the partial directory."""
+    open on dest_fd, computing its diff_id on the way (digest=False: the caller hashes the
+    stream itself, as a pull's pump does, and diff_id is ""). Corrupt data raises
+    LayerError; the caller removes the partial directory."""
     try:
-        with archive.open_tar(tarball_fd) as (tar, reader):
+        with archive.open_tar(tarball_fd, digest=digest) as (tar, reader):
             report = unpack(tar, dest_fd, options)
             reader.drain()
             return UnpackResult(diff_id=reader.digest, size=reader.size, report=report)
