@@ -16,12 +16,10 @@ Python: it works the same, it only costs more memory. `sandbox doctor` says whic
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import pwd
 import shutil
 import stat
-import subprocess
 from pathlib import Path
 
 SOURCE = Path(__file__).parent / "monitor.c"
@@ -81,7 +79,11 @@ def monitor_program(*, build: bool = True) -> tuple[Path | None, str]:
         source = SOURCE.read_bytes()
     except OSError as e:
         return None, f"cannot read {SOURCE}: {e.strerror}"
-    key = hashlib.sha256(source + b"\0" + identity.encode()).hexdigest()[:16]
+    try:  # the builtin module: hashlib would load OpenSSL on every `run -d`
+        from _blake2 import blake2b
+    except ImportError:  # pragma: no cover - Pythons built without it
+        from hashlib import blake2b
+    key = blake2b(source + b"\0" + identity.encode(), digest_size=8).hexdigest()
     directory = cache_dir()
     program = directory / f"sandbox-monitor-{key}"
     if _owned_by_us(program):
@@ -95,6 +97,8 @@ def monitor_program(*, build: bool = True) -> tuple[Path | None, str]:
 
 
 def _build(cc: str, program: Path, failed: Path) -> tuple[Path | None, str]:
+    import subprocess
+
     try:
         program.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
