@@ -202,20 +202,33 @@ def write_mapping(pid: int, mapping: IdMapping) -> None:
     if mapping.single:
         _write_single(pid, mapping)
         return
-    for helper, ranges in (("newuidmap", mapping.uids), ("newgidmap", mapping.gids)):
-        args = [helper, str(pid)]
-        for r in ranges:
-            args += [str(r.inside), str(r.outside), str(r.size)]
-        try:
-            done = subprocess.run(args, capture_output=True, text=True, check=False)
-        except OSError as e:
-            raise HostError(
-                f"cannot run {helper}", context=e.strerror, hint="install the 'uidmap' package"
-            ) from e
-        if done.returncode != 0:
+    # The two helpers write different files of the process: they run side by side.
+    running: list[tuple[str, subprocess.Popen[str]]] = []
+    try:
+        for helper, ranges in (("newuidmap", mapping.uids), ("newgidmap", mapping.gids)):
+            args = [helper, str(pid)]
+            for r in ranges:
+                args += [str(r.inside), str(r.outside), str(r.size)]
+            try:
+                process = subprocess.Popen(
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            except OSError as e:
+                raise HostError(
+                    f"cannot run {helper}", context=e.strerror, hint="install the 'uidmap' package"
+                ) from e
+            running.append((helper, process))
+    finally:
+        results = [(helper, process, process.communicate()[1]) for helper, process in running]
+    for helper, process, stderr in results:
+        if process.returncode != 0:
             raise HostError(
                 f"{helper} refused the mapping for process {pid}",
-                context=done.stderr.strip() or f"exit status {done.returncode}",
+                context=stderr.strip() or f"exit status {process.returncode}",
                 hint=f"check that {helper} is setuid root "
                 f"and that {SUBUID} and {SUBGID} grant these ranges",
             )
