@@ -146,15 +146,16 @@ def wait(settings: Settings, name_or_id: str) -> int | None:
     store = ContainerStore(settings.containers_root)
     c = store.lookup(name_or_id)
     while True:
-        # PID 1 gone but its monitor still writing the exit down: reads show "exited" with no
-        # code yet, so wait for the record as well.
-        recording = c.exit_code is None and c.monitor_pid > 0 and _pid_exists(c.monitor_pid)
-        if c.status != "running" and not recording:
+        if c.status == "running":
+            c = wait_recorded(store, c, timeout=3600 * 24 * 365)
+        elif c.exit_code is None and c.monitor_pid > 0 and _pid_exists(c.monitor_pid):
+            # PID 1 gone and its monitor still writing the exit down: reads show "exited"
+            # with no code yet. Bounded: that pid may belong to another process by now.
+            c = wait_recorded(store, c, timeout=10)
+        else:
             return c.exit_code
-        c = wait_recorded(store, c, timeout=3600 * 24 * 365)
-        if c.status == "running":  # restarted by its policy: keep waiting
-            continue
-        return c.exit_code
+        if c.status != "running":  # else restarted by its policy: keep waiting
+            return c.exit_code
 
 
 def restart(settings: Settings, name_or_id: str, timeout: float | None = None) -> Container:
