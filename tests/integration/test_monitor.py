@@ -385,6 +385,7 @@ def test_attach_stays_connected_across_restarts(
         run(
             "run",
             "-d",
+            "-i",
             "--restart",
             "on-failure:1",
             "--network",
@@ -394,20 +395,21 @@ def test_attach_stays_connected_across_restarts(
             busybox_image,
             "sh",
             "-c",
-            "sleep 1.5; echo out; exit 2",
+            "read line; echo out=$line; exit 2",
         )
     ).strip()
     _expected_exe(sandbox_env, monitor, int(str(_record(sandbox_env, container_id)["monitor_pid"])))
     attacher = subprocess.Popen(
-        [*sandbox_env.argv_prefix(), "attach", "--no-stdin", name],
+        [*sandbox_env.argv_prefix(), "attach", name],
         env={**sandbox_env.env, "SANDBOX_MONITOR": monitor},
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    out, err = attacher.communicate(timeout=60)
+    # Each run reads one line of the same stdin (the monitor keeps that pipe too).
+    out, err = attacher.communicate(b"first\nsecond\n", timeout=60)
     # One connection sees both runs (the monitor keeps it across the restart), then the end.
-    assert out == b"out\nout\n", err
+    assert out == b"out=first\nout=second\n", err
     assert attacher.returncode == 2
     assert _record(sandbox_env, container_id)["restart_count"] == 1
     _ok(run("rm", name))
