@@ -66,11 +66,17 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
 
 
+_BOOT_ID: list[str] = []
+
+
 def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
+    """This boot's id, read once per process (every running record is checked against it)."""
+    if not _BOOT_ID:
+        try:
+            _BOOT_ID.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+        except OSError:
+            return ""
+    return _BOOT_ID[0]
 
 
 def process_start_time(pid: int) -> int | None:
