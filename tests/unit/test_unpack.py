@@ -488,3 +488,68 @@ def test_huge_sparse_member_reads_only_its_data(tmp_path: Path) -> None:
     with open(out, "rb") as f:
         f.seek((1 << 40) - 5)
         assert f.read() == b"tail\n"
+
+
+def test_archive_order_decides_with_a_cached_parent(box: Sandbox) -> None:
+    """The parent's fd is kept for consecutive entries: the same file reached through a
+    symlinked parent, a file that later stands where a parent should be, a hard link to a
+    file just written, a directory replaced while its files were written."""
+    many = [entry(f"bulk/{i}", data=b"%d" % i) for i in range(200)]
+    result = box.unpack(
+        tar_bytes(
+            [
+                directory("a"),
+                symlink("b", "a"),
+                entry("a/f", data=b"first"),
+                entry("b/f", data=b"second"),  # the same file, reached through b: later wins
+                entry("file", data=b"a file"),
+                entry("file/child", data=b"x"),  # its parent is a file: skipped
+                entry("t", data=b"target"),
+                hardlink("t-link", "t"),
+                directory("d"),
+                entry("d/one", data=b"1"),
+                entry("d/two", data=b"2"),
+                symlink("d", "a"),  # replaces the directory and what is being written in it
+                directory("bulk"),
+                *many,
+                entry("bulk/0", data=b"again"),
+            ]
+        )
+    )
+    assert (box.layer / "a/f").read_bytes() == b"second"
+    assert (box.layer / "file").read_bytes() == b"a file"
+    assert result.report.skipped == {"parent": 1}
+    assert os.stat(box.layer / "t-link").st_ino == os.stat(box.layer / "t").st_ino
+    assert os.readlink(box.layer / "d") == "a"
+    assert (box.layer / "bulk/0").read_bytes() == b"again"
+    assert (box.layer / f"bulk/{len(many) - 1}").read_bytes() == b"%d" % (len(many) - 1)
+
+
+def test_unpacks_from_a_pipe_that_delivers_in_pieces(tmp_path: Path) -> None:
+    """A pull feeds the unpacking process through a pipe: the head that tells plain tar from
+    compressed data may arrive a few bytes at a time."""
+    import threading
+
+    data = tar_bytes([directory("etc"), entry("etc/hostname", data=b"box\n")])
+    r, w = os.pipe()
+
+    def feed() -> None:
+        try:
+            for i in range(0, len(data), 7):
+                os.write(w, data[i : i + 7])
+        finally:
+            os.close(w)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    dest = tmp_path / "layer"
+    dest.mkdir()
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        result = unpack_file(r, fd, UnpackOptions(chown=False))
+    finally:
+        os.close(fd)
+        os.close(r)
+        feeder.join()
+    assert (dest / "etc/hostname").read_bytes() == b"box\n"
+    assert result.diff_id == "sha256:" + hashlib.sha256(data).hexdigest()
