@@ -16,6 +16,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sandbox import spec as specs
 from sandbox import volumes
@@ -32,8 +33,11 @@ from sandbox.rootless import cgroups, idmap, syscalls, userns
 from sandbox.rootless.channel import Channel
 from sandbox.rootless.idmap import IdMapping
 from sandbox.rootless.userns import wait_pid
-from sandbox.runtime import hostroot, init, names, network, networks, parent, state
+from sandbox.runtime import hostroot, init, names, network, parent, state
 from sandbox.runtime.state import Container, ContainerStore
+
+if TYPE_CHECKING:  # named networks and pods load runtime/networks.py when a run uses them
+    from sandbox.runtime import networks
 
 Warn = Callable[[str], None]
 
@@ -137,6 +141,8 @@ def create(
         volumes_root=volumes.root(settings.data_root),
     )
     if spec.network.mode == "bridge":  # --network NAME: it must exist; its subnet is recorded
+        from sandbox.runtime import networks
+
         spec = dataclasses.replace(spec, network=networks.resolve(settings.data_root, spec.network))
     # Named volumes are created on first use, once the whole spec is valid.
     for mount in spec.mounts:
@@ -294,8 +300,10 @@ def start(
     attachment: networks.Attachment | None = None
     cgroup: Path | None = None
     try:
-        # A named network or a pod: spawned under the rootless netns holder's user namespace.
-        attachment = networks.prepare(spec, store, runtime_root())
+        if spec.network.named:  # spawned under the rootless netns holder's user namespace
+            from sandbox.runtime import networks
+
+            attachment = networks.prepare(spec, store, runtime_root())
         intermediate, channel = userns.spawn(
             spec.mapping,
             lambda ch: init.intermediate(spec, ch),
@@ -355,6 +363,8 @@ def finish(store: ContainerStore, started: Started, status: int) -> int:
     if started.helper is not None:
         started.helper.stop()
     if started.attachment is not None:
+        from sandbox.runtime import networks
+
         networks.detach(started.attachment, runtime_root())
     code = exit_code_for_wait_status(status)
     # Read before the cgroup is released: a systemd scope vanishes once it is empty.

@@ -24,6 +24,7 @@ NOT_ON_RUN = (
     "sandbox.images.pull",
     "sandbox.images.registry",
     "sandbox.images.manifest",
+    "sandbox.runtime.networks",  # named networks and pods only
     "hashlib",
     "secrets",
     "tempfile",
