@@ -8,6 +8,7 @@ two-platform index, and a 200 MB incompressible layer for the kill-and-retry tes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -46,7 +47,8 @@ def layout(
 ) -> oci.Layout:
     """The small test images, pushed: multi:1 (gzip base, plain and zstd layers with
     whiteouts), shared:1 (the same base + one layer), multiarch:1 (amd64 + arm64),
-    corrupt:1 (its own layer, corrupted by one test)."""
+    corrupt:1 (its own layer, corrupted by one test), badgzip:1 (a layer whose digest is
+    right but whose gzip stream is cut short, as a broken upload would leave it)."""
     out = oci.Layout(tmp_path_factory.mktemp("layout"))
     base = out.layer_from_file(busybox_tarball, "gzip")
     added = out.layer(
@@ -71,11 +73,19 @@ def layout(
     out.tag(out.index(arches), "multiarch")
     own = out.layer(oci.tar_bytes([("corrupt", os.urandom(4096))]), "gzip")
     out.tag(out.image([base, own]), "corrupt")
+    cut_tar = oci.tar_bytes([("cut", os.urandom(256 * 1024))])
+    cut = oci.compress(cut_tar, "gzip")
+    cut_layer = (
+        out.blob(cut[: len(cut) // 2], oci.LAYER_TYPES["gzip"]),
+        "sha256:" + hashlib.sha256(cut_tar).hexdigest(),
+    )
+    out.tag(out.image([base, cut_layer]), "badgzip")
     for tag, dest in (
         ("multi", "library/multi:1"),
         ("shared", "library/shared:1"),
         ("multiarch", "library/multiarch:1"),
         ("corrupt", "library/corrupt:1"),
+        ("badgzip", "library/badgzip:1"),
     ):
         registry.push_layout(out.root, tag, dest)
     return out
@@ -191,6 +201,28 @@ def test_corrupt_blob_fails_with_digest_error_and_changes_nothing(
     assert "Traceback" not in done.stderr
     assert _files(env) == before
     assert (env.data_home / "sandbox/storage/images.json").read_bytes() == index_before
+
+
+def test_corrupt_layer_data_with_the_right_digest_fails_cleanly(
+    fresh_sandbox_env: SandboxEnv, registry: Registry, layout: oci.Layout
+) -> None:
+    """The layer streams into the unpacking process while it downloads: a gzip stream cut
+    short (its blob digest is right) stops the pull with one line, and nothing of it stays."""
+    env = fresh_sandbox_env
+    _ok(env.run("pull", "-q", f"{registry.host}/library/shared:1", "--tls-verify=false"))
+    before = _files(env)
+    index_before = (env.data_home / "sandbox/storage/images.json").read_bytes()
+    done = env.run("pull", f"{registry.host}/library/badgzip:1", "--tls-verify=false")
+    assert done.returncode == 125, done.stderr
+    assert "corrupt" in done.stderr and "ends too early" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert _files(env) == before
+    assert (env.data_home / "sandbox/storage/images.json").read_bytes() == index_before
+    assert not [
+        p
+        for p in (env.data_home / "sandbox/storage/layers").iterdir()
+        if p.name.startswith(".tmp-")
+    ]
 
 
 def test_pull_killed_midway_then_repeated_succeeds(
