@@ -5,7 +5,7 @@ none, chosen by the first bytes, never by the file name) -> a DigestReader that 
 uncompressed bytes (the layer's diff_id) -> a 1 MiB buffer (tarfile reads 10 KiB at a time)
 -> tarfile in stream mode. Memory stays bounded whatever the archive holds. The source may
 be a pipe (a pull streams layers into the unpacking process). zstandard is imported only for
-zstd data.
+zstd data; gzip goes through ISA-L (isal) when it is installed.
 """
 
 from __future__ import annotations
@@ -153,7 +153,14 @@ def decompressed(raw: Readable) -> Readable:
 
 def _decompressor(kind: str, raw: io.BufferedReader[_Prefixed]) -> Readable:
     if kind == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        try:
+            # ISA-L's inflate takes less than half zlib's CPU time (measured on the Debian
+            # layer: 0.35 s against 0.8 s); the same file format rules and errors as gzip's.
+            from isal import igzip
+        except ImportError:
+            return gzip.GzipFile(fileobj=raw, mode="rb")
+        inflated: Readable = igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[no-untyped-call]  # unannotated in isal
+        return inflated
     if kind == "xz":
         return lzma.LZMAFile(raw, mode="rb")
     if kind == "bzip2":
@@ -175,13 +182,17 @@ def _decompressor(kind: str, raw: io.BufferedReader[_Prefixed]) -> Readable:
 
 
 def data_errors() -> tuple[type[BaseException], ...]:
-    """DATA_ERRORS plus zstandard's error, when zstandard is already loaded."""
+    """DATA_ERRORS plus zstandard's and ISA-L's errors, when they are already loaded."""
     import sys
 
+    errors = DATA_ERRORS
     zstd = sys.modules.get("zstandard")
     if zstd is not None:
-        return (*DATA_ERRORS, zstd.ZstdError)
-    return DATA_ERRORS
+        errors = (*errors, zstd.ZstdError)
+    isal_zlib = sys.modules.get("isal.isal_zlib")
+    if isal_zlib is not None:
+        errors = (*errors, isal_zlib.error)
+    return errors
 
 
 @contextmanager
