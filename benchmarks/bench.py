@@ -279,7 +279,9 @@ def scenario_pull(b: Bench, debian: Path | None) -> None:
                     engine.stop_pause()
 
             variants["podman"] = podman_pull
-        runs = max(3, b.runs // 3)
+        # Seven rounds (five with --quick): a pull takes seconds of CPU, and on a shared
+        # 2-core machine one round of either tool can take twice its median.
+        runs = max(5, b.runs // 2)
         s = medians(alternate(variants, runs, 1))
         peer = "podman" if "podman" in s else None
         b.add(
