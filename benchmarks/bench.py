@@ -370,7 +370,7 @@ def scenario_throughput(b: Bench) -> None:
                 )
                 try:
                     helper: int | None = tools.process_with_argument(
-                        "slirp4netns", _netns_argument(engine, pid1)
+                        ("slirp4netns",), _netns_argument(engine, pid1)
                     )
                 except BenchError as e:  # then no efficiency row, but still the throughput
                     print(f"  {engine.name}: {e}", flush=True)
@@ -458,16 +458,29 @@ def scenario_throughput(b: Bench) -> None:
         ),
         b.sandbox.env,
     )
+    pasta_efficiency: list[float] = []
     try:
         client = ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-R", *timing]
+        inspect = b.sandbox.cmd("inspect", "--format", "{{.State.Pid}}", name)
+        server_pid1 = tools.run(inspect, b.sandbox.env).stdout.strip()
+        try:
+            pasta_pid: int | None = tools.process_with_argument(("pasta", "passt"), server_pid1)
+        except BenchError as e:
+            print(f"  sandbox: {e}", flush=True)
+            pasta_pid = None
 
         def pasta_round() -> float:
             # pasta listens on the host port at once; until the server listens inside, a
             # client is reset, so retry (only the first round waits).
             deadline = time.monotonic() + 20
             while True:
+                cpu = tools.cpu_seconds(pasta_pid) if pasta_pid else 0.0
                 done = subprocess.run(client, capture_output=True, text=True, cwd="/")
                 if done.returncode == 0 and '"error"' not in done.stdout:
+                    if pasta_pid:
+                        cpu = tools.cpu_seconds(pasta_pid) - cpu
+                        bits = tools.bits_sent(done.stdout)
+                        pasta_efficiency.append(bits / 1e9 / max(cpu, 0.01))
                     return tools.throughput(done.stdout)
                 if time.monotonic() > deadline:
                     raise BenchError(f"iperf3 over pasta: {done.stdout[-400:]}")
@@ -478,6 +491,11 @@ def scenario_throughput(b: Bench) -> None:
         tools.run(b.sandbox.cmd("rm", "-f", name), b.sandbox.env, check=False)
     _print_spread(samples)
     b.add(Row("4", "TCP container->host, pasta (-p, iperf3 -R)", medians(samples), "Gbit/s", runs))
+    if pasta_efficiency:
+        per_cpu = {"sandbox": pasta_efficiency[-runs:]}
+        _print_spread(per_cpu)
+        what = "pasta: Gbit sent per CPU-second of pasta"
+        b.add(Row("4", what, medians(per_cpu), "Gbit/CPU-s", runs))
 
 
 def _netns_argument(engine: Sandbox | Podman, pid1: int) -> str:

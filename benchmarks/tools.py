@@ -261,13 +261,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def process_with_argument(comm: str, argument: str) -> int:
-    """The pid of this user's process named comm with argument among its arguments (such as
-    the slirp4netns serving a container: its PID 1's pid, or podman's netns path)."""
-    for pid, (_ppid, name, cmdline) in host_processes().items():
-        if name == comm and argument in cmdline.split()[1:]:
-            return pid
-    raise BenchError(f"no {comm} process with the argument {argument}")
+def process_with_argument(names: tuple[str, ...], argument: str) -> int:
+    """The pid of this user's process whose name starts with one of names and which has
+    argument among its arguments (such as the slirp4netns serving a container: its PID 1's
+    pid, or podman's netns path). Debian's pasta runs as passt.avx2 where the CPU has AVX2."""
+    # Not host_processes(): pasta makes itself non-dumpable, so its /proc/PID/ns is closed.
+    uid = os.getuid()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            comm = Path(f"/proc/{entry}/comm").read_text().strip()
+            arguments = Path(f"/proc/{entry}/cmdline").read_bytes().decode().split("\0")[1:]
+        except (OSError, UnicodeDecodeError):
+            continue
+        if comm.startswith(names) and argument in arguments:
+            return int(entry)
+    raise BenchError(f"no {' or '.join(names)} process with the argument {argument}")
 
 
 def memory(pid: int) -> tuple[int, int]:
