@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -140,7 +141,8 @@ def test_the_network_outlives_a_ctrl_c_the_container_handles(
         busybox_image, "sh", "-c", script,
     ) as process:  # fmt: skip
         assert process.stdout is not None
-        assert process.stdout.readline().strip() == "ready"
+        readable, _, _ = select.select([process.stdout], [], [], 60)
+        assert readable and process.stdout.readline().strip() == "ready"
         os.killpg(process.pid, signal.SIGINT)  # what the terminal does on ^C
         data = _connect_and_read(port, time.monotonic() + 30, process)
         assert process.wait(timeout=30) == 3
