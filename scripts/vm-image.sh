@@ -14,7 +14,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${SANDBOX_VM_CACHE:-/var/cache/sandbox-tests/vm}
 packages=(systemd systemd-sysv dbus dbus-user-session libpam-systemd linux-image-cloud-amd64
           initramfs-tools udev kmod uidmap slirp4netns python3 python3-venv busybox-static
-          procps)
+          procps gcc libc6-dev)  # gcc: the native monitor of detached containers (sandbox/libexec)
 wheels=(jeepney "typer>=0.28,<0.29" rich pyyaml zstandard pytest)
 key=$( { printf '%s\n' "${packages[@]}" "${wheels[@]}"; cat "${BASH_SOURCE[0]}"; } \
        | sha256sum | cut -c1-16)

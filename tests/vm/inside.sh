@@ -12,7 +12,7 @@ runuser -u sbtest -- env -i HOME=/home/sbtest USER=sbtest LOGNAME=sbtest \
     PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin XDG_RUNTIME_DIR=/run/user/$uid \
     DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/$uid/bus PYTHONPATH=/mnt/host \
     PYTHONDONTWRITEBYTECODE=1 CI=true TMPDIR=/tmp SANDBOX_VM_GUEST=1 \
-    SANDBOX_REQUIRE_FEATURES=userns,subids,newuidmap,busybox,cgroup2 \
+    SANDBOX_REQUIRE_FEATURES=userns,subids,newuidmap,busybox,cgroup2,native_monitor \
     /opt/venv/bin/python -m pytest -p no:cacheprovider -rA -q --rootdir=/mnt/host \
     --junitxml=/tmp/junit.xml /mnt/host/tests/vm/inside 2>&1
 status=$?

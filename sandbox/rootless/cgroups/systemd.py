@@ -199,6 +199,12 @@ def _start_holder() -> tuple[int, int]:
             syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
                 signal.signal(signum, signal.SIG_IGN)
+            # Hold nothing but the pipe: in a detached container's monitor, stdout and stderr
+            # are the container's output pipes, whose end the monitor waits for.
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                if fd != read_end:
+                    os.dup2(null, fd)
             os.closerange(3, read_end)
             os.closerange(read_end + 1, 65536)
             os.read(read_end, 1)

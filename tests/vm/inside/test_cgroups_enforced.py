@@ -5,6 +5,7 @@ v2 controllers delegated: the limits are enforced there. The host collects the r
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 
@@ -116,3 +117,56 @@ def test_scope_is_gone_after_rm(sandbox, busybox_image):
             break
         time.sleep(0.1)
     assert "sandbox-" not in _scopes()
+
+
+@pytest.mark.needs("native_monitor")
+def test_detached_oom_under_the_native_monitor(sandbox, sandbox_env, busybox_image):
+    """A detached container's monitor execs the compiled C program and back into Python: the
+    OOM kill, the exit and the scope (whose holder it keeps across the execs) come out right."""
+    from sandbox.rootless.cgroups.systemd import unit_name
+
+    script = 'read go; x=$(head -c 209715200 /dev/zero | tr "\\0" a); echo survived'
+    done = sandbox(
+        "run",
+        "-d",
+        "-i",
+        "--name",
+        "doom",
+        "--memory",
+        "64m",
+        "--memory-swap",
+        "64m",
+        busybox_image,
+        "sh",
+        "-c",
+        script,
+    )
+    assert done.returncode == 0, done.stderr
+    cid = done.stdout.strip()
+    record = sandbox_env.data_home / "sandbox" / "containers" / cid / "container.json"
+    monitor = json.loads(record.read_text())["monitor_pid"]
+    for _ in range(600):  # it execs right after reporting "started" (TCG is slow)
+        if "sandbox-monitor-" in os.readlink(f"/proc/{monitor}/exe"):
+            break
+        time.sleep(0.1)
+    assert "sandbox-monitor-" in os.readlink(f"/proc/{monitor}/exe")
+    assert unit_name(cid) in _scopes()
+    attach = subprocess.run(
+        [*sandbox_env.argv_prefix(), "attach", "doom"],
+        input="go\n",
+        env=sandbox_env.env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert attach.returncode == 137, attach.stderr
+    assert sandbox("wait", "doom").stdout.strip() == "137"
+    listed = json.loads(sandbox("ps", "-a", "--format", "json").stdout)
+    (doom,) = [c for c in listed if c["Id"] == cid]
+    assert doom["OOMKilled"] is True, doom
+    assert sandbox("rm", "doom").returncode == 0
+    for _ in range(100):  # systemd stops the scope as a job
+        if unit_name(cid) not in _scopes():
+            break
+        time.sleep(0.1)
+    assert unit_name(cid) not in _scopes()
