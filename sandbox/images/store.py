@@ -616,7 +616,6 @@ class ImageStore:
                 os.mkdir(diff, 0o755)
                 dest = os.open(diff, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
-                    unpack.mark_top_directory(dest)
                     done.append(unpack.unpack_file(fd, dest, options, digest=digest))
                 finally:
                     os.close(dest)

@@ -138,39 +138,6 @@ class _DirMeta:
     mtime_ns: int
 
 
-# FS_IOC_GETFLAGS / FS_IOC_SETFLAGS (_IOR/_IOW('f', 1/2, long)) where long has 8 bytes and
-# the generic ioctl encoding holds; the flags themselves are an int.
-_FS_IOC_FLAGS = {"x86_64": (0x80086601, 0x40086602), "aarch64": (0x80086601, 0x40086602)}
-_FS_TOPDIR_FL = 0x00020000
-
-
-def mark_top_directory(fd: int) -> None:
-    """Mark the (empty) directory open on fd as the top of a directory hierarchy (chattr +T)
-    where the filesystem supports it, else do nothing.
-
-    ext4's Orlov allocator then places its subdirectories, and so their files, in block
-    groups with few directories and many free inodes, as for directories under "/", instead
-    of next to the store. That matters on ext4 without a journal, where creating an inode
-    skips, one by one, every inode of the group freed in the last minutes: in a store where
-    images come and go, that made each file of a layer cost hundreds of microseconds of
-    kernel time (measured: 5,600 files in 900 directories, 1.1-3.7 s without the flag,
-    0.2-0.3 s with it)."""
-    import fcntl
-    import platform
-    import struct
-
-    requests = _FS_IOC_FLAGS.get(platform.machine())
-    if requests is None:
-        return
-    get, set_ = requests
-    try:
-        flags = struct.unpack("i", fcntl.ioctl(fd, get, bytes(4)))[0]
-        if not flags & _FS_TOPDIR_FL:
-            fcntl.ioctl(fd, set_, struct.pack("i", flags | _FS_TOPDIR_FL))
-    except OSError:
-        pass  # not ext2/3/4 (ENOTTY, EOPNOTSUPP), or not ours to change: only a placement hint
-
-
 def unpack_file(
     tarball_fd: int, dest_fd: int, options: UnpackOptions, *, digest: bool = True
 ) -> UnpackResult:

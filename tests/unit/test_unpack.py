@@ -553,28 +553,3 @@ def test_unpacks_from_a_pipe_that_delivers_in_pieces(tmp_path: Path) -> None:
         feeder.join()
     assert (dest / "etc/hostname").read_bytes() == b"box\n"
     assert result.diff_id == "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def test_layer_directory_is_marked_top_of_a_hierarchy(tmp_path: Path) -> None:
-    """chattr +T on a layer's directory (ext4 then spreads its subdirectories to block groups
-    with free inodes): set where the filesystem has inode flags, a no-op where it has none."""
-    import fcntl
-    import platform
-    import struct
-
-    requests = unpack._FS_IOC_FLAGS.get(platform.machine())
-    layer = tmp_path / "layer"
-    layer.mkdir()
-    fd = os.open(layer, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        unpack.mark_top_directory(fd)
-        unpack.mark_top_directory(fd)  # again: nothing changes, nothing fails
-        if requests is None:
-            pytest.skip(f"no FS_IOC_GETFLAGS number for {platform.machine()}")
-        try:
-            flags = struct.unpack("i", fcntl.ioctl(fd, requests[0], bytes(4)))[0]
-        except OSError as e:
-            pytest.skip(f"{tmp_path} has no inode flags ({e.strerror})")
-    finally:
-        os.close(fd)
-    assert flags & unpack._FS_TOPDIR_FL
