@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import signal
 import sys
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
@@ -239,17 +240,39 @@ def _pull_from(
     def fetch(arrivals: dict[str, BlobArrival]) -> Callable[[], None]:
         # Called by the store once the unpacking process exists: threads may start now
         # (rich's progress display is one); the single-thread rule holds again after wait().
-        progress = make_progress(progress_mode)
-        progress.message(f"Trying to pull {ref}...")
-        pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(1, min(MAX_PARALLEL, len(blobs)))
-        )
-        futures = [
-            pool.submit(
-                _fetch_blob, store, client, blob, progress, fetched, arrivals.get(blob.digest)
+        # SIGINT waits until every thread is started and known to its pool: a
+        # KeyboardInterrupt inside submit() can leave a started thread that shutdown() does
+        # not join, and the store forks again after a failed pull (the single-thread rule).
+        # The threads inherit the mask, so the main thread is the one that gets SIGINT.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        progress: Progress | None = None
+        pool: concurrent.futures.ThreadPoolExecutor | None = None
+        try:
+            progress = make_progress(progress_mode)
+            pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=max(1, min(MAX_PARALLEL, len(blobs)))
             )
-            for blob in blobs
-        ]
+            futures = [
+                pool.submit(
+                    _fetch_blob, store, client, blob, progress, fetched, arrivals.get(blob.digest)
+                )
+                for blob in blobs
+            ]
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending SIGINT lands here
+            progress.message(f"Trying to pull {ref}...")
+        except BaseException:
+            try:  # no thread may outlive this call either
+                for arrival in arrivals.values():
+                    arrival.cancel()
+                if pool is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                if progress is not None:
+                    progress.close()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
+        # Not None from here on; a closure would not keep mypy's narrowing of the names.
+        running_pool, shown = pool, progress
 
         def wait() -> None:
             try:
@@ -260,8 +283,8 @@ def _pull_from(
                     future.cancel()
                 raise
             finally:
-                pool.shutdown(wait=True)
-                progress.close()
+                running_pool.shutdown(wait=True)
+                shown.close()
             if progress_mode != "quiet":
                 digest = image_manifest.config.digest[7:19]
                 print(f"Copying config {digest} done", file=sys.stderr)

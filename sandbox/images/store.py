@@ -533,6 +533,11 @@ class ImageStore:
                     os.close(read_ends.pop())
                 try:
                     waits.append(fetch(arrivals))
+                except BaseException:
+                    for arrival in arrivals.values():  # none may keep the pump waiting
+                        arrival.cancel()
+                        arrival.complete(DownloadFailed())
+                    raise
                 finally:
                     pump.start()  # without downloads it ends at once, closing every pipe
 
@@ -561,6 +566,8 @@ class ImageStore:
                 for arrival in arrivals.values():
                     arrival.complete(DownloadFailed())  # unblocks the pump; no-op when done
                 pump.join()
+            if unpack_error is not None and not isinstance(unpack_error, SandboxError):
+                raise unpack_error  # an interrupt stays one (the downloads were cancelled)
             for error in (fetch_error, pump.error, unpack_error):
                 if error is not None:
                     raise error

@@ -257,6 +257,41 @@ def test_pull_killed_midway_then_repeated_succeeds(
     assert done.stdout.split()[0] == str(BIG_LAYER)
 
 
+def test_pull_interrupted_midway_exits_130_and_leaves_nothing(
+    fresh_sandbox_env: SandboxEnv, big_in_registry: str
+) -> None:
+    """Ctrl-C while layers download and unpack at once: the downloads are cancelled, every
+    thread and the unpacking process end, and the store holds nothing of the pull."""
+    env = fresh_sandbox_env
+    argv = [sys.executable, "-m", "sandbox", "pull", big_in_registry, "--tls-verify=false"]
+    process = subprocess.Popen(
+        argv,
+        env=env.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stderr is not None
+    try:
+        for line in process.stderr:
+            if line.startswith("Copying blob"):
+                break
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    storage = env.data_home / "sandbox/storage"
+    assert not [p.name for p in (storage / "layers").iterdir() if not p.name.startswith(".lock-")], err
+    assert not list((storage / "blobs/sha256").iterdir())
+    assert json.loads(_ok(env.run("images", "--format", "json")).stdout) == []
+
+
 def test_shared_base_layer_is_stored_once_and_whiteouts_apply(
     fresh_sandbox_env: SandboxEnv, registry: Registry, layout: oci.Layout
 ) -> None:
