@@ -87,6 +87,8 @@ def monitor_program(*, build: bool = True) -> tuple[Path | None, str]:
     directory = cache_dir()
     program = directory / f"sandbox-monitor-{key}"
     if _owned_by_us(program):
+        if not os.access(program, os.X_OK):
+            return None, f"cannot execute {program} (is {directory} mounted noexec?)"
         return program, str(program)
     failed = directory / f"sandbox-monitor-{key}.failed"
     if failed.exists():
@@ -111,6 +113,19 @@ def _build(cc: str, program: Path, failed: Path) -> tuple[Path | None, str]:
         )
         if result.returncode == 0:
             os.chmod(temporary, 0o755)
+            try:  # it must run here (a noexec cache would kill every detached container)
+                usage = subprocess.run(
+                    [temporary],
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=BUILD_TIMEOUT,
+                )
+            except OSError as e:
+                os.unlink(temporary)
+                failed.write_text(f"{temporary}: {e}\n")
+                return None, f"cannot execute what cc built in {program.parent}: {e.strerror}"
+            if usage.returncode != 125:  # its usage message: it runs
+                raise OSError(f"{temporary} exited {usage.returncode} instead of 125")
             # Rename into place: a concurrent first run sees no program or the whole of it.
             os.replace(temporary, program)
             return program, str(program)

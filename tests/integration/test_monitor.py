@@ -413,3 +413,40 @@ def test_attach_stays_connected_across_restarts(
     assert attacher.returncode == 2
     assert _record(sandbox_env, container_id)["restart_count"] == 1
     _ok(run("rm", name))
+
+
+def test_the_build_and_every_reason_for_the_python_monitor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandbox import libexec
+
+    helpers.needs("native_monitor")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(libexec.ENV, raising=False)
+    assert libexec.monitor_program(build=False)[0] is None  # not built yet
+    program, why = libexec.monitor_program()
+    assert program is not None and program.parent == tmp_path / "cache" / "sandbox" / "libexec"
+    assert libexec.monitor_program(build=False) == (program, why)  # no second build
+    assert not [p for p in program.parent.iterdir() if p.name.startswith(".")]  # no temp left
+    # A cache the user cannot execute from (noexec): the Python monitor, and why.
+    program.chmod(0o644)
+    none, why = libexec.monitor_program()
+    assert none is None and "cannot execute" in why
+    program.chmod(0o755)
+    monkeypatch.setenv(libexec.ENV, "python")
+    assert libexec.monitor_program() == (None, f"{libexec.ENV}=python is set")
+    monkeypatch.delenv(libexec.ENV)
+    # No compiler: say so (doctor tells how to get one).
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert libexec.monitor_program() == (None, "no C compiler ('cc') on PATH")
+    # A compiler that fails: remembered, not retried on every start.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "cc").write_text("#!/bin/sh\necho 'cc: broken' >&2\nexit 1\n")
+    (fake / "cc").chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake))
+    none, why = libexec.monitor_program()
+    assert none is None and "could not build" in why
+    failed = next(program.parent.glob("*.failed"))
+    assert "cc: broken" in failed.read_text()
+    assert "failed before" in libexec.monitor_program()[1]
