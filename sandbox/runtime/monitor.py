@@ -324,13 +324,42 @@ class Session:
         try:
             os.execv(argv[0], argv)
         except OSError as e:
-            # Too late to fall back: the container runs. Kill it; finish records the end.
-            print(f"cannot exec {argv[0]}: {e}", file=sys.stdout)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(started.pid1, signal.SIGKILL)
-            status = userns.wait_pid(started.pid1)
-            finish_argv = argv[argv.index("--") + 1 :]
-            os.execv(finish_argv[0], [*finish_argv, f"--status={status}"])
+            # The container runs already: relay here, in Python, and finish in this process.
+            print(f"cannot exec {argv[0]}: {e}; relaying in Python", file=sys.stdout)
+            streams = (
+                {started.master: "stdout"}
+                if started.master is not None
+                else {out_r: "stdout", err_r: "stderr"}
+            )
+            status, clients = self._relay_here(started, streams)
+            os._exit(finish([json.dumps(state), f"--status={status}", f"--clients={clients}"]))
+
+    def _relay_here(
+        self, started: engine.Started, streams: dict[int, str]
+    ) -> tuple[int, str]:  # pragma: no cover - runs in the monitor
+        """What the C monitor does, with Relay: PID 1's wait status and the clients' fds."""
+        listener = socket.socket(fileno=self.listen_fd) if self.listen_fd is not None else None
+        writer = LogWriter(self.store.dir(self.id) / LOG)
+        relay = Relay(writer, listener)
+        for fd in self.clients:
+            client = socket.socket(fileno=fd)
+            client.setblocking(False)
+            relay.clients[client] = bytearray()
+        relay.input_fd = started.master if started.master is not None else self.stdin_w
+        relay.run(streams)
+        for fd in streams:
+            os.close(fd)
+        writer.close()
+        status = userns.wait_pid(started.pid1)
+        fds = []
+        for client, pending in list(relay.clients.items()):
+            with contextlib.suppress(OSError):
+                client.setblocking(True)
+                client.sendall(pending)
+                fds.append(client.detach())
+        if listener is not None:
+            listener.detach()  # the state names its fd: finish keeps or closes it
+        return status, ",".join(map(str, fds))
 
     def end(self) -> None:
         """No restart: clients see the end of the stream, the attach socket goes."""

@@ -450,3 +450,52 @@ def test_the_build_and_every_reason_for_the_python_monitor(
     failed = next(program.parent.glob("*.failed"))
     assert "cc: broken" in failed.read_text()
     assert "failed before" in libexec.monitor_program()[1]
+
+
+def test_a_monitor_program_that_cannot_exec_falls_back_to_python(
+    fresh_sandbox_env: SandboxEnv, busybox_tarball: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The container runs before the exec: when that fails, the same process relays in Python
+    and finishes (restart, attach, exit code) instead of losing the container."""
+    from sandbox import libexec
+
+    helpers.needs("native_monitor")
+    env = fresh_sandbox_env
+    monkeypatch.setenv("XDG_CACHE_HOME", str(env.home / ".cache"))
+    program, why = libexec.monitor_program()
+    assert program is not None, why
+    program.write_bytes(b"\x7fELF but not really")  # ours, executable, and ENOEXEC
+    _ok(env.run("image", "import", busybox_tarball, "bb"))
+    container_id = _ok(
+        env.run(
+            "run",
+            "-d",
+            "-i",
+            "--restart",
+            "on-failure:1",
+            "--network",
+            "none",
+            "--name",
+            "fallback",
+            "bb",
+            "sh",
+            "-c",
+            "read line; echo out=$line; exit 2",
+        )
+    ).strip()
+    attacher = subprocess.Popen(
+        [*env.argv_prefix(), "attach", "fallback"],
+        env=env.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = attacher.communicate(b"first\nsecond\n", timeout=60)
+    assert out == b"out=first\nout=second\n", err
+    assert attacher.returncode == 2
+    record = _record(env, container_id)
+    assert record["restart_count"] == 1 and record["exit_code"] == 2
+    log = (_dir(env, container_id) / "monitor.log").read_text()
+    assert log.count("relaying in Python") == 2, log
+    assert _ok(env.run("logs", "fallback")) == "out=first\nout=second\n"
+    _ok(env.run("rm", "fallback"))
