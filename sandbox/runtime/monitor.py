@@ -7,6 +7,10 @@ holds the container's stdio, writes the log, records the exit status, carries ou
 policy and, with --rm, removes the container. It joins none of the container's namespaces, so
 it never keeps them alive after PID 1 exits; PID 1 dies with it (PDEATHSIG), so a killed
 monitor leaves no orphaned container behind.
+
+Once the container runs, the monitor execve()s the small C program of sandbox/libexec (same
+pid) to relay its output while it runs, and that execs back into this module (`finish`) for
+the end: see Session. Without a C compiler the whole monitor stays in Python (Relay).
 """
 
 from __future__ import annotations
