@@ -282,7 +282,9 @@ def scenario_pull(b: Bench, debian: Path | None) -> None:
         # Seven rounds (five with --quick): a pull takes seconds of CPU, and on a shared
         # 2-core machine one round of either tool can take twice its median.
         runs = max(5, b.runs // 2)
-        s = medians(alternate(variants, runs, 1))
+        samples = alternate(variants, runs, 1)
+        _print_spread(samples)  # every round, to tell a tie from noise
+        s = medians(samples)
         peer = "podman" if "podman" in s else None
         b.add(
             Row(
