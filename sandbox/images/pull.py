@@ -375,6 +375,7 @@ def _fetch_blob(
                 context=f"expected {layer.size} bytes, got {writer.size}",
             )
     fetched.append(layer.digest)
+    progress.finish(layer.digest)  # verified and stored
 
 
 def progress_mode(quiet: bool) -> str:
