@@ -31,6 +31,8 @@ INSIDE = (
     "test_pids_limit_stops_a_fork_loop",
     "test_cpus_holds_a_busy_loop_near_half_a_cpu",
     "test_scope_is_gone_after_rm",
+    "test_weights_reservation_and_cpuset_reach_the_cgroup",
+    "test_stats_reads_the_live_cgroup",
     "test_detached_oom_under_the_native_monitor",
 )
 

@@ -119,6 +119,58 @@ def test_scope_is_gone_after_rm(sandbox, busybox_image):
     assert "sandbox-" not in _scopes()
 
 
+def test_weights_reservation_and_cpuset_reach_the_cgroup(sandbox, busybox_image):
+    files = ("cpuset.cpus", "cpu.weight", "memory.low", "io.weight")
+    done = sandbox(
+        "run",
+        "--rm",
+        "--cpuset-cpus",
+        "0",
+        "--cpu-weight",
+        "300",
+        "--memory-reservation",
+        "32m",
+        "--blkio-weight",
+        "500",
+        busybox_image,
+        "sh",
+        "-c",
+        "; ".join(f"echo {name}=$(cat /sys/fs/cgroup/{name})" for name in files),
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    values = dict(line.split("=", 1) for line in done.stdout.splitlines())
+    assert values["cpuset.cpus"] == "0"
+    assert values["cpu.weight"] == "300"
+    assert values["memory.low"] == str(32 << 20)
+    # --blkio-weight's 10..1000 scale onto io.weight's 1..10000, as crun converts it.
+    assert values["io.weight"] == f"default {1 + (500 - 10) * 9999 // 990}"
+
+
+def test_stats_reads_the_live_cgroup(sandbox, busybox_image):
+    script = "head -c 16777216 /dev/zero > /dev/shm/fill; (while :; do :; done) & sleep 300"
+    done = sandbox(
+        "run", "-d", "--name", "st", "--memory", "64m", busybox_image, "sh", "-c", script
+    )
+    assert done.returncode == 0, done.stderr
+    try:
+        sample: dict = {}
+        for _ in range(60):  # until the 16 MiB file is written (TCG is slow)
+            raw = sandbox("stats", "--no-stream", "--format", "json", "st").stdout
+            sample = json.loads(raw)[0]
+            if sample["mem_usage"] >= 16 << 20:
+                break
+            time.sleep(0.5)
+        assert sample["name"] == "st"
+        assert sample["mem_limit"] == 64 << 20, sample
+        assert 16 << 20 <= sample["mem_usage"] < 64 << 20, sample
+        assert sample["pids"] >= 2, sample  # the busy subshell, and sleep (sh exec'd it)
+        assert sample["cpu_percent"] > 10, sample  # the busy loop
+        table = sandbox("stats", "--no-stream", "st").stdout
+        assert " st " in table and "/ 67.11MB" in table, table  # decimal units, as podman
+    finally:
+        sandbox("rm", "-f", "st")
+
+
 @pytest.mark.needs("native_monitor")
 def test_detached_oom_under_the_native_monitor(sandbox, sandbox_env, busybox_image):
     """A detached container's monitor execs the compiled C program and back into Python: the
