@@ -102,12 +102,15 @@ class Bench:
 def alternate(
     variants: dict[str, Callable[[], float]], runs: int, warmup: int
 ) -> dict[str, list[float]]:
-    """Run each variant once per round, rotating the order; keep the rounds after warm-up."""
+    """Run each variant once per round, rotating the order; keep the rounds after warm-up.
+    Each run starts once the one before has settled (tools.settle)."""
     names = list(variants)
     samples: dict[str, list[float]] = {name: [] for name in names}
+    baseline = set(tools.host_processes())
     for round_ in range(warmup + runs):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
+            tools.settle(baseline)
             value = variants[name]()
             if round_ >= warmup:
                 samples[name].append(value)

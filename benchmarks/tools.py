@@ -316,6 +316,28 @@ def host_processes() -> dict[int, tuple[int, str, str]]:
     return found
 
 
+def settle(baseline: set[int], timeout: float = 10.0) -> None:
+    """Before a timed run: wait until the previous run's leftovers are gone, then write back the
+    dirty pages, so that no run is charged with another tool's aftermath.
+
+    `podman run --rm` returns while its conmon's exit command (`podman container cleanup`)
+    still runs, and any tool leaves dirty pages that the kernel writes back later: on 2 CPUs
+    either lands in the next tool's timed run. Processes that were there before (baseline: the
+    bench itself, servers, detached containers) and podman's pause process may stay.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        strays = [
+            pid
+            for pid, (_, comm, _) in host_processes().items()
+            if pid not in baseline and comm != "catatonit"
+        ]
+        if not strays:
+            break
+        time.sleep(0.01)
+    os.sync()
+
+
 def parent_of(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat[stat.rindex(")") + 2 :].split()[1])
