@@ -22,7 +22,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NoReturn
 
@@ -242,3 +242,19 @@ def _kill_tree(process: subprocess.Popen[str]) -> None:
 
 def _show(argv: list[str]) -> str:
     return "`sandbox " + " ".join(argv[3:]) + "`"
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> str:
+    """The output of a command that must have succeeded (else the failure shows both streams)."""
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Poll condition until it holds; fail naming what was awaited after timeout seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

@@ -7,20 +7,14 @@ import json
 import lzma
 import os
 import pwd
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from sandbox.rootless.idmap import SUBGID, SUBUID, read_subids
-from tests.helpers import SandboxEnv
+from tests.helpers import SandboxEnv, ok
 
 pytestmark = pytest.mark.needs("userns", "subids", "newuidmap")
-
-
-def _ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
 
 
 def _compressed(tarball: Path, kind: str, dest: Path) -> Path:
@@ -51,24 +45,24 @@ def test_import_detects_compression_and_runs(
 ) -> None:
     # A misleading file name: detection goes by the magic bytes.
     source = _compressed(busybox_tarball, kind, tmp_path / "rootfs.bin")
-    image_id = _ok(fresh_sandbox_env.run("image", "import", source, "bb:v1")).strip()
+    image_id = ok(fresh_sandbox_env.run("image", "import", source, "bb:v1")).strip()
     assert len(image_id) == 64
-    out = _ok(fresh_sandbox_env.run("run", "--rm", "bb:v1", "sh", "-c", "echo imported"))
+    out = ok(fresh_sandbox_env.run("run", "--rm", "bb:v1", "sh", "-c", "echo imported"))
     assert out == "imported\n"
 
 
 def test_images_lists_json_and_quiet(fresh_sandbox_env: SandboxEnv, busybox_tarball: Path) -> None:
     run = fresh_sandbox_env.run
-    image_id = _ok(run("image", "import", busybox_tarball, "example/tool:1.0")).strip()
-    table = _ok(run("images"))
+    image_id = ok(run("image", "import", busybox_tarball, "example/tool:1.0")).strip()
+    table = ok(run("images"))
     assert "localhost/example/tool" in table and "1.0" in table and image_id[:12] in table
-    assert _ok(run("images", "-q")).split() == [image_id[:12]]
-    listed = json.loads(_ok(run("images", "--format", "json")))
+    assert ok(run("images", "-q")).split() == [image_id[:12]]
+    listed = json.loads(ok(run("images", "--format", "json")))
     assert listed[0]["Id"] == image_id
     assert listed[0]["Names"] == ["localhost/example/tool:1.0"]
     assert listed[0]["Size"] > 0
-    assert _ok(run("run", "--rm", image_id[:12], "true")) == ""
-    assert _ok(run("run", "--rm", "example/tool:1.0", "true")) == ""
+    assert ok(run("run", "--rm", image_id[:12], "true")) == ""
+    assert ok(run("run", "--rm", "example/tool:1.0", "true")) == ""
 
 
 def test_owners_land_on_subordinate_ids(
@@ -76,8 +70,8 @@ def test_owners_land_on_subordinate_ids(
 ) -> None:
     """busybox's /etc/shadow is 0:42 in the tarball: inside it stays 0:42, on disk it is the
     user's uid and the 42nd subordinate gid."""
-    _ok(fresh_sandbox_env.run("image", "import", busybox_tarball, "bb"))
-    inside = _ok(fresh_sandbox_env.run("run", "--rm", "bb", "stat", "-c", "%u:%g", "/etc/shadow"))
+    ok(fresh_sandbox_env.run("image", "import", busybox_tarball, "bb"))
+    inside = ok(fresh_sandbox_env.run("run", "--rm", "bb", "stat", "-c", "%u:%g", "/etc/shadow"))
     assert inside.strip() == "0:42"
     (layer,) = _layers(fresh_sandbox_env)
     st = os.lstat(layer / "diff" / "etc" / "shadow")
@@ -91,15 +85,15 @@ def test_same_layer_is_stored_once_and_rmi_removes_it(
     fresh_sandbox_env: SandboxEnv, tmp_path: Path, busybox_tarball: Path
 ) -> None:
     run = fresh_sandbox_env.run
-    _ok(run("image", "import", busybox_tarball, "one"))
-    _ok(run("image", "import", _compressed(busybox_tarball, "gz", tmp_path / "b.tgz"), "two"))
+    ok(run("image", "import", busybox_tarball, "one"))
+    ok(run("image", "import", _compressed(busybox_tarball, "gz", tmp_path / "b.tgz"), "two"))
     assert len(_layers(fresh_sandbox_env)) == 1
-    _ok(run("rmi", "one"))
+    ok(run("rmi", "one"))
     assert len(_layers(fresh_sandbox_env)) == 1
-    assert _ok(run("images", "-q")) != ""
-    _ok(run("rmi", "two"))
+    assert ok(run("images", "-q")) != ""
+    ok(run("rmi", "two"))
     assert _layers(fresh_sandbox_env) == []
-    assert _ok(run("images", "-q")) == ""
+    assert ok(run("images", "-q")) == ""
     missing = run("rmi", "two")
     assert missing.returncode == 125 and "Traceback" not in missing.stderr
 
@@ -134,7 +128,7 @@ def test_bad_tarball_fails_cleanly_and_leaves_the_store_as_it_was(
     assert done.returncode == 125
     assert done.stderr.startswith("Error:") and "Traceback" not in done.stderr
     assert _storage_entries(fresh_sandbox_env) in (before, ["images.json"], [])
-    assert _ok(fresh_sandbox_env.run("images", "-q")) == ""
+    assert ok(fresh_sandbox_env.run("images", "-q")) == ""
 
 
 def test_truncated_tarball_fails_cleanly(
@@ -146,7 +140,7 @@ def test_truncated_tarball_fails_cleanly(
     done = fresh_sandbox_env.run("image", "import", cut, "cut")
     assert done.returncode == 125 and "Traceback" not in done.stderr
     assert _layers(fresh_sandbox_env) == []
-    assert _ok(fresh_sandbox_env.run("images", "-q")) == ""
+    assert ok(fresh_sandbox_env.run("images", "-q")) == ""
 
 
 def test_missing_file_and_bad_name(fresh_sandbox_env: SandboxEnv, busybox_tarball: Path) -> None:
@@ -163,10 +157,10 @@ def test_missing_file_and_bad_name(fresh_sandbox_env: SandboxEnv, busybox_tarbal
 def test_unshare_sees_subordinate_owned_files_as_root(
     fresh_sandbox_env: SandboxEnv, busybox_tarball: Path
 ) -> None:
-    _ok(fresh_sandbox_env.run("image", "import", busybox_tarball, "bb"))
+    ok(fresh_sandbox_env.run("image", "import", busybox_tarball, "bb"))
     (layer,) = _layers(fresh_sandbox_env)
     shadow = layer / "diff" / "etc" / "shadow"
-    out = _ok(
+    out = ok(
         fresh_sandbox_env.run(
             "unshare", "sh", "-c", f"cat /proc/self/uid_map; stat -c %u:%g {shadow}"
         )
@@ -179,7 +173,7 @@ def test_unshare_sees_subordinate_owned_files_as_root(
 
 
 def test_debian_import_keeps_shadow_group(debian_image: str, sandbox_env: SandboxEnv) -> None:
-    out = _ok(sandbox_env.run("run", "--rm", debian_image, "stat", "-c", "%u:%g %a", "/etc/shadow"))
+    out = ok(sandbox_env.run("run", "--rm", debian_image, "stat", "-c", "%u:%g %a", "/etc/shadow"))
     assert out.split() == ["0:42", "640"]
 
 
@@ -187,11 +181,11 @@ def test_rmi_refuses_an_image_a_container_uses(
     fresh_sandbox_env: SandboxEnv, busybox_tarball: Path
 ) -> None:
     run = fresh_sandbox_env.run
-    _ok(run("image", "import", busybox_tarball, "used"))
-    _ok(run("run", "--name", "user-of-image", "used", "true"))
+    ok(run("image", "import", busybox_tarball, "used"))
+    ok(run("run", "--name", "user-of-image", "used", "true"))
     refused = run("rmi", "used")
     assert refused.returncode == 125 and "user-of-image" in refused.stderr
-    assert _ok(run("images", "-q")) != ""
-    _ok(run("rmi", "-f", "used"))
-    assert _ok(run("images", "-q")) == "" and _ok(run("ps", "-aq")) == ""
+    assert ok(run("images", "-q")) != ""
+    ok(run("rmi", "-f", "used"))
+    assert ok(run("images", "-q")) == "" and ok(run("ps", "-aq")) == ""
     assert _layers(fresh_sandbox_env) == []

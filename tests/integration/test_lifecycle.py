@@ -14,27 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SandboxEnv
+from tests.helpers import SandboxEnv, ok, until
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 pytestmark = pytest.mark.needs("userns", "subids", "newuidmap")
 
 
-def _ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 def _ps(run: Run, *args: str) -> list[dict[str, object]]:
-    return list(json.loads(_ok(run("ps", "--format", "json", *args))))
-
-
-def _until(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    return list(json.loads(ok(run("ps", "--format", "json", *args))))
 
 
 def _container_dir(env: SandboxEnv, container_id: str) -> Path:
@@ -45,8 +33,8 @@ def test_detached_httpd_ps_exec_logs_stop_rm(
     fresh_sandbox_env: SandboxEnv, busybox_tarball: Path
 ) -> None:
     run = fresh_sandbox_env.run
-    _ok(run("image", "import", busybox_tarball, "busybox"))
-    container_id = _ok(
+    ok(run("image", "import", busybox_tarball, "busybox"))
+    container_id = ok(
         run(
             "run",
             "-d",
@@ -68,7 +56,7 @@ def test_detached_httpd_ps_exec_logs_stop_rm(
     assert os.path.exists(f"/proc/{pid}")
 
     # exec joins the same PID namespace (httpd is PID 1 there) and the same hostname.
-    out = _ok(
+    out = ok(
         run(
             "exec", "web", "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; echo; hostname; echo $$"
         )
@@ -80,38 +68,38 @@ def test_detached_httpd_ps_exec_logs_stop_rm(
     assert run("exec", "web", "no-such-command").returncode == 127
     assert run("exec", "web", "sh", "-c", "exit 3").returncode == 3
     # httpd answers inside the container's own network namespace.
-    out = _ok(run("exec", "web", "wget", "-q", "-O", "-", "http://127.0.0.1:8080/etc/hostname"))
+    out = ok(run("exec", "web", "wget", "-q", "-O", "-", "http://127.0.0.1:8080/etc/hostname"))
     assert out.strip() == container_id[:12]
 
-    _until(lambda: "to-stderr" in run("logs", "web").stderr, "the log")
+    until(lambda: "to-stderr" in run("logs", "web").stderr, "the log")
     logs = run("logs", "web")
     assert logs.stdout == "to-stdout\n" and logs.stderr == "to-stderr\n"
     stamped = run("logs", "-t", "--tail", "2", "web")
     assert stamped.stdout.endswith(" to-stdout\n") and stamped.stdout[:4].isdigit()
     assert stamped.stderr.endswith(" to-stderr\n")
-    assert _ok(run("logs", "--tail", "0", "web")) == ""
+    assert ok(run("logs", "--tail", "0", "web")) == ""
 
     # httpd as PID 1 ignores SIGTERM (no handler), so stop has to fall back to SIGKILL once
     # its timeout passes: exit 137 shows it did (no wall-clock assertion).
-    _ok(run("stop", "-t", "1", "web"))
+    ok(run("stop", "-t", "1", "web"))
     (web,) = _ps(run, "-a")
     assert web["State"] == "exited" and web["ExitCode"] == 137
     assert not os.path.exists(f"/proc/{pid}")
 
     cdir = _container_dir(fresh_sandbox_env, container_id)
     assert cdir.exists()
-    _ok(run("rm", "web"))
+    ok(run("rm", "web"))
     assert not cdir.exists()
     assert _ps(run, "-a") == []
     layers = fresh_sandbox_env.data_home / "sandbox" / "storage" / "layers"
-    _ok(run("rmi", "busybox"))
+    ok(run("rmi", "busybox"))
     assert [p for p in layers.iterdir() if not p.name.startswith(".")] == []
 
 
 def test_stop_with_sigterm_handler_and_wait(sandbox_env: SandboxEnv, busybox_image: str) -> None:
     sandbox = sandbox_env.run
     name = "trapper"
-    _ok(
+    ok(
         sandbox(
             "run",
             "-d",
@@ -131,15 +119,15 @@ def test_stop_with_sigterm_handler_and_wait(sandbox_env: SandboxEnv, busybox_ima
         stdout=subprocess.PIPE,
         text=True,
     )
-    _ok(sandbox("stop", name))
+    ok(sandbox("stop", name))
     out, _ = waiter.communicate(timeout=30)
     assert out.strip() == "7"
-    assert _ok(sandbox("wait", name)).strip() == "7"
-    _ok(sandbox("rm", name))
+    assert ok(sandbox("wait", name)).strip() == "7"
+    ok(sandbox("rm", name))
 
 
 def test_kill_signal_and_exit_code(sandbox: Run, busybox_image: str) -> None:
-    _ok(
+    ok(
         sandbox(
             "run",
             "-d",
@@ -153,14 +141,14 @@ def test_kill_signal_and_exit_code(sandbox: Run, busybox_image: str) -> None:
             "100",
         )
     )
-    _ok(sandbox("kill", "-s", "USR1", "killme"))
-    assert _ok(sandbox("wait", "killme")).strip() == str(128 + signal.SIGUSR1)
+    ok(sandbox("kill", "-s", "USR1", "killme"))
+    assert ok(sandbox("wait", "killme")).strip() == str(128 + signal.SIGUSR1)
     assert sandbox("kill", "killme").returncode == 125  # not running any more
-    _ok(sandbox("rm", "killme"))
+    ok(sandbox("rm", "killme"))
 
 
 def test_create_start_attach_restart(sandbox: Run, busybox_image: str) -> None:
-    container_id = _ok(
+    container_id = ok(
         sandbox(
             "create",
             "--name",
@@ -178,17 +166,17 @@ def test_create_start_attach_restart(sandbox: Run, busybox_image: str) -> None:
     # start -a runs it in the foreground; the root filesystem persists between starts.
     done = sandbox("start", "-a", "later")
     assert done.returncode == 0 and done.stdout.strip() == "1"
-    assert _ok(sandbox("start", "-a", "later")).strip() == "2"
-    _ok(sandbox("start", "later"))
-    assert _ok(sandbox("wait", "later")).strip() == "0"
-    assert _ok(sandbox("logs", "later")).strip() == "3"
-    _ok(sandbox("rename", "later", "renamed"))
+    assert ok(sandbox("start", "-a", "later")).strip() == "2"
+    ok(sandbox("start", "later"))
+    assert ok(sandbox("wait", "later")).strip() == "0"
+    assert ok(sandbox("logs", "later")).strip() == "3"
+    ok(sandbox("rename", "later", "renamed"))
     assert sandbox("logs", "later").returncode == 125
-    _ok(sandbox("rm", "renamed"))
+    ok(sandbox("rm", "renamed"))
 
 
 def test_restart_policy_on_failure(sandbox: Run, busybox_image: str) -> None:
-    _ok(
+    ok(
         sandbox(
             "run",
             "-d",
@@ -204,19 +192,19 @@ def test_restart_policy_on_failure(sandbox: Run, busybox_image: str) -> None:
             "echo attempt; exit 1",
         )
     )
-    _until(lambda: _ok(sandbox("logs", "flaky")).count("attempt") == 3, "three attempts")
-    assert _ok(sandbox("wait", "flaky")).strip() == "1"
+    until(lambda: ok(sandbox("logs", "flaky")).count("attempt") == 3, "three attempts")
+    assert ok(sandbox("wait", "flaky")).strip() == "1"
     time.sleep(0.5)
-    assert _ok(sandbox("logs", "flaky")).count("attempt") == 3
-    _ok(sandbox("rm", "flaky"))
+    assert ok(sandbox("logs", "flaky")).count("attempt") == 3
+    ok(sandbox("rm", "flaky"))
     assert sandbox("run", "--restart", "sometimes", busybox_image, "true").returncode == 125
 
 
 def test_detached_rm_removes_itself(fresh_sandbox_env: SandboxEnv, busybox_tarball: Path) -> None:
     run = fresh_sandbox_env.run
-    _ok(run("image", "import", busybox_tarball, "bb"))
-    container_id = _ok(run("run", "-d", "--rm", "--network", "none", "bb", "true")).strip()
-    _until(
+    ok(run("image", "import", busybox_tarball, "bb"))
+    container_id = ok(run("run", "-d", "--rm", "--network", "none", "bb", "true")).strip()
+    until(
         lambda: not _container_dir(fresh_sandbox_env, container_id).exists(),
         "the container to remove itself",
     )
@@ -225,7 +213,7 @@ def test_detached_rm_removes_itself(fresh_sandbox_env: SandboxEnv, busybox_tarba
 
 def test_killed_monitor_leaves_nothing_behind(sandbox_env: SandboxEnv, busybox_image: str) -> None:
     run = sandbox_env.run
-    container_id = _ok(
+    container_id = ok(
         run("run", "-d", "--network", "none", "--name", "orphan", busybox_image, "sleep", "1000")
     ).strip()
     record = json.loads((_container_dir(sandbox_env, container_id) / "container.json").read_text())
@@ -233,15 +221,15 @@ def test_killed_monitor_leaves_nothing_behind(sandbox_env: SandboxEnv, busybox_i
     assert monitor > 0 and os.path.exists(f"/proc/{pid}")
     os.kill(monitor, signal.SIGKILL)
     # PID 1 dies with its monitor (PDEATHSIG), and ps shows the container as exited.
-    _until(lambda: not os.path.exists(f"/proc/{pid}"), "PID 1 to die with its monitor")
+    until(lambda: not os.path.exists(f"/proc/{pid}"), "PID 1 to die with its monitor")
     (orphan,) = [c for c in _ps(run, "-a") if c["Id"] == container_id]
     assert orphan["State"] == "exited"
-    _ok(run("rm", "-f", "orphan"))
+    ok(run("rm", "-f", "orphan"))
     assert not _container_dir(sandbox_env, container_id).exists()
 
 
 def test_exec_tty_user_workdir_env(sandbox: Run, busybox_image: str) -> None:
-    _ok(
+    ok(
         sandbox(
             "run",
             "-d",
@@ -256,7 +244,7 @@ def test_exec_tty_user_workdir_env(sandbox: Run, busybox_image: str) -> None:
             "1000",
         )
     )
-    out = _ok(
+    out = ok(
         sandbox(
             "exec",
             "-u",
@@ -272,31 +260,31 @@ def test_exec_tty_user_workdir_env(sandbox: Run, busybox_image: str) -> None:
         )
     )
     assert out.strip() == "65534:65534 /tmp 1 2"
-    assert _ok(sandbox("exec", "-i", "shell", "cat", input="fed\n")) == "fed\n"
-    out = _ok(sandbox("exec", "-t", "shell", "tty"))
+    assert ok(sandbox("exec", "-i", "shell", "cat", input="fed\n")) == "fed\n"
+    out = ok(sandbox("exec", "-t", "shell", "tty"))
     assert out.strip().startswith("/dev/pts/")
     # The exec'd process is confined like the command: same status fields as PID 1's.
-    pid1 = _ok(
+    pid1 = ok(
         sandbox(
             "exec", "shell", "sh", "-c", "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/1/status"
         )
     )
-    own = _ok(
+    own = ok(
         sandbox(
             "exec", "shell", "sh", "-c", "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status"
         )
     )
     assert own == pid1
-    _ok(sandbox("exec", "-d", "shell", "sh", "-c", "sleep 1; touch /detached"))
-    _until(
+    ok(sandbox("exec", "-d", "shell", "sh", "-c", "sleep 1; touch /detached"))
+    until(
         lambda: sandbox("exec", "shell", "test", "-e", "/detached").returncode == 0,
         "the detached exec",
     )
-    _ok(sandbox("rm", "-f", "shell"))
+    ok(sandbox("rm", "-f", "shell"))
 
 
 def test_top_lists_the_containers_processes(sandbox: Run, busybox_image: str) -> None:
-    _ok(
+    ok(
         sandbox(
             "run",
             "-d",
@@ -310,11 +298,11 @@ def test_top_lists_the_containers_processes(sandbox: Run, busybox_image: str) ->
             "1000",
         )
     )
-    out = _ok(sandbox("top", "topped"))
+    out = ok(sandbox("top", "topped"))
     rows = [line.split() for line in out.splitlines()[1:]]
     assert [row[0] for row in rows] == ["1", "2"]
     assert rows[1][5:] == ["sleep", "1000"]
-    _ok(sandbox("rm", "-f", "topped"))
+    ok(sandbox("rm", "-f", "topped"))
 
 
 def test_fifty_concurrent_runs(sandbox_env: SandboxEnv, busybox_image: str) -> None:
@@ -358,7 +346,7 @@ def test_ps_never_crashes_while_containers_come_and_go(
 
 
 def test_cp_both_ways_running_and_stopped(sandbox: Run, busybox_image: str, tmp_path: Path) -> None:
-    _ok(
+    ok(
         sandbox(
             "run",
             "-d",
@@ -373,19 +361,19 @@ def test_cp_both_ways_running_and_stopped(sandbox: Run, busybox_image: str, tmp_
             "/data/sub/f && exec sleep 1000",
         )
     )
-    _until(
+    until(
         lambda: sandbox("exec", "copier", "test", "-e", "/data/sub/f").returncode == 0,
         "the file inside",
     )
-    _ok(sandbox("cp", "copier:/data", str(tmp_path)))
+    ok(sandbox("cp", "copier:/data", str(tmp_path)))
     copied = tmp_path / "data" / "sub" / "f"
     assert copied.read_text() == "inside\n"
     assert copied.stat().st_uid == os.getuid()
     host_file = tmp_path / "from-host"
     host_file.write_text("outside\n")
-    _ok(sandbox("cp", str(host_file), "copier:/data/sub/"))
-    _ok(sandbox("cp", str(host_file), "copier:/data/renamed"))
-    out = _ok(
+    ok(sandbox("cp", str(host_file), "copier:/data/sub/"))
+    ok(sandbox("cp", str(host_file), "copier:/data/renamed"))
+    out = ok(
         sandbox(
             "exec",
             "copier",
@@ -395,12 +383,12 @@ def test_cp_both_ways_running_and_stopped(sandbox: Run, busybox_image: str, tmp_
         )
     )
     assert out.splitlines() == ["outside", "outside", "0:0"]
-    _ok(sandbox("stop", "-t", "0", "copier"))
+    ok(sandbox("stop", "-t", "0", "copier"))
     # Stopped: the root is mounted privately for the copy.
-    _ok(sandbox("cp", "copier:/data/renamed", str(tmp_path / "back")))
+    ok(sandbox("cp", "copier:/data/renamed", str(tmp_path / "back")))
     assert (tmp_path / "back").read_text() == "outside\n"
     assert sandbox("cp", "copier:/no/such", str(tmp_path)).returncode == 125
-    _ok(sandbox("rm", "copier"))
+    ok(sandbox("rm", "copier"))
 
 
 def test_cp_never_writes_through_a_symlink_out_of_the_root(
@@ -409,7 +397,7 @@ def test_cp_never_writes_through_a_symlink_out_of_the_root(
     """CVE-2018-15664 class: a container's symlink must not lead `cp` onto the host."""
     target = tmp_path / "host-target"
     target.mkdir()
-    _ok(
+    ok(
         sandbox(
             "run",
             "-d",
@@ -423,7 +411,7 @@ def test_cp_never_writes_through_a_symlink_out_of_the_root(
             f"ln -s {target} /abs && ln -s ../../../../../../{target} /rel && exec sleep 1000",
         )
     )
-    _until(
+    until(
         lambda: sandbox("exec", "symlinker", "test", "-L", "/rel").returncode == 0, "the symlinks"
     )
     payload = tmp_path / "payload"
@@ -438,11 +426,11 @@ def test_cp_never_writes_through_a_symlink_out_of_the_root(
     (target / "secret").write_text("host secret\n")
     assert sandbox("cp", "symlinker:/abs/secret", str(tmp_path / "stolen")).returncode == 125
     assert not (tmp_path / "stolen").exists()
-    _ok(sandbox("rm", "-f", "symlinker"))
+    ok(sandbox("rm", "-f", "symlinker"))
 
 
 def test_diff_lists_added_changed_deleted(sandbox: Run, busybox_image: str) -> None:
-    _ok(
+    ok(
         sandbox(
             "run",
             "--name",
@@ -455,22 +443,22 @@ def test_diff_lists_added_changed_deleted(sandbox: Run, busybox_image: str) -> N
             "echo new > /added; echo x >> /etc/passwd; rm /bin/ls",
         )
     )
-    out = _ok(sandbox("diff", "differ"))
+    out = ok(sandbox("diff", "differ"))
     lines = set(out.splitlines())
     assert {"A /added", "C /etc/passwd", "D /bin/ls"} <= lines
-    assert json.loads(_ok(sandbox("diff", "--format", "json", "differ")))
-    _ok(sandbox("rm", "differ"))
+    assert json.loads(ok(sandbox("diff", "--format", "json", "differ")))
+    ok(sandbox("rm", "differ"))
 
 
 def test_ps_filters_and_templates(sandbox: Run, busybox_image: str) -> None:
-    _ok(sandbox("run", "--name", "filtered-a", "--network", "none", busybox_image, "true"))
+    ok(sandbox("run", "--name", "filtered-a", "--network", "none", busybox_image, "true"))
     assert (
         sandbox(
             "run", "--name", "filtered-b", "--network", "none", busybox_image, "false"
         ).returncode
         == 1
     )
-    out = _ok(
+    out = ok(
         sandbox(
             "ps",
             "-a",
@@ -481,10 +469,10 @@ def test_ps_filters_and_templates(sandbox: Run, busybox_image: str) -> None:
         )
     )
     assert sorted(out.splitlines()) == ["filtered-a exited 0", "filtered-b exited 1"]
-    out = _ok(sandbox("ps", "-a", "--filter", "name=filtered-b", "--format", "table {{.Names}}"))
+    out = ok(sandbox("ps", "-a", "--filter", "name=filtered-b", "--format", "table {{.Names}}"))
     assert out.split() == ["NAMES", "filtered-b"]
     assert (
-        _ok(sandbox("ps", "--filter", "status=running", "--filter", "name=filtered")).splitlines()[
+        ok(sandbox("ps", "--filter", "status=running", "--filter", "name=filtered")).splitlines()[
             1:
         ]
         == []
@@ -492,14 +480,14 @@ def test_ps_filters_and_templates(sandbox: Run, busybox_image: str) -> None:
     bad = sandbox("ps", "--format", "{{.Nope}}", "-a")
     assert bad.returncode == 125 and "Nope" in bad.stderr
     assert sandbox("ps", "--filter", "colour=red").returncode == 125
-    _ok(sandbox("rm", "filtered-a", "filtered-b"))
+    ok(sandbox("rm", "filtered-a", "filtered-b"))
 
 
 def test_attach_relays_both_ways_and_exits_with_the_container(
     sandbox_env: SandboxEnv, busybox_image: str
 ) -> None:
     run = sandbox_env.run
-    _ok(
+    ok(
         run(
             "run",
             "-d",
@@ -526,12 +514,12 @@ def test_attach_relays_both_ways_and_exits_with_the_container(
     out, err = attacher.communicate("hello\n", timeout=60)
     assert attacher.returncode == 5, err
     assert out == "got=hello\n" and err == "err=hello\n"
-    _ok(run("rm", "attached"))
+    ok(run("rm", "attached"))
     assert run("attach", "attached").returncode == 125
 
 
 def test_commit_makes_an_image_of_the_changes(sandbox: Run, busybox_image: str) -> None:
-    _ok(
+    ok(
         sandbox(
             "run",
             "--name",
@@ -549,9 +537,9 @@ def test_commit_makes_an_image_of_the_changes(sandbox: Run, busybox_image: str) 
             "touch /etc/empty/a && rm -r /etc/empty && mkdir /etc/empty",
         )
     )
-    image_id = _ok(sandbox("commit", "-m", "test", "to-commit", "committed:v1")).strip()
+    image_id = ok(sandbox("commit", "-m", "test", "to-commit", "committed:v1")).strip()
     assert len(image_id) == 64
-    out = _ok(
+    out = ok(
         sandbox(
             "run",
             "--rm",
@@ -570,12 +558,12 @@ def test_commit_makes_an_image_of_the_changes(sandbox: Run, busybox_image: str) 
     # The command recorded in the image is the container's: rerun, its `rm /bin/ls` fails.
     rerun = sandbox("run", "--rm", "--network", "none", "committed:v1")
     assert rerun.returncode == 1 and "/bin/ls" in rerun.stderr
-    _ok(sandbox("rm", "to-commit"))
-    _ok(sandbox("rmi", "committed:v1"))
+    ok(sandbox("rm", "to-commit"))
+    ok(sandbox("rmi", "committed:v1"))
 
 
 def test_exec_into_a_container_with_init(sandbox: Run, busybox_image: str) -> None:
-    _ok(
+    ok(
         sandbox(
             "run",
             "-d",
@@ -589,17 +577,17 @@ def test_exec_into_a_container_with_init(sandbox: Run, busybox_image: str) -> No
             "1000",
         )
     )
-    out = _ok(sandbox("exec", "with-init", "sh", "-c", "cat /proc/2/cmdline | tr '\\0' ' '"))
+    out = ok(sandbox("exec", "with-init", "sh", "-c", "cat /proc/2/cmdline | tr '\\0' ' '"))
     assert out.strip() == "sleep 1000"
-    _ok(sandbox("rm", "-f", "with-init"))
+    ok(sandbox("rm", "-f", "with-init"))
 
 
 def test_restart_prune_and_pause_without_a_freezer(
     fresh_sandbox_env: SandboxEnv, busybox_tarball: Path
 ) -> None:
     run = fresh_sandbox_env.run
-    _ok(run("image", "import", busybox_tarball, "bb"))
-    _ok(
+    ok(run("image", "import", busybox_tarball, "bb"))
+    ok(
         run(
             "run",
             "-d",
@@ -614,17 +602,17 @@ def test_restart_prune_and_pause_without_a_freezer(
         )
     )
     (before,) = _ps(run)
-    _ok(run("restart", "-t", "0", "again"))
+    ok(run("restart", "-t", "0", "again"))
     (after,) = _ps(run)
     assert after["State"] == "running" and after["Pid"] != before["Pid"]
-    _until(lambda: _ok(run("logs", "again")).count("started") == 2, "the second start")
+    until(lambda: ok(run("logs", "again")).count("started") == 2, "the second start")
     # No cgroup v2 freezer on this host: a clear refusal, and the container keeps running.
     paused = run("pause", "again")
     assert paused.returncode == 125 and "freezer" in paused.stderr
     assert _ps(run)[0]["State"] == "running"
-    _ok(run("run", "--network", "none", "--name", "done-1", "bb", "true"))
-    _ok(run("create", "--network", "none", "--name", "never-started", "bb", "true"))
-    pruned = _ok(run("container", "prune")).split()
+    ok(run("run", "--network", "none", "--name", "done-1", "bb", "true"))
+    ok(run("create", "--network", "none", "--name", "never-started", "bb", "true"))
+    pruned = ok(run("container", "prune")).split()
     assert len(pruned) == 2
     assert [c["Names"] for c in _ps(run, "-a")] == [["again"]]
-    _ok(run("rm", "-f", "again"))
+    ok(run("rm", "-f", "again"))

@@ -19,7 +19,7 @@ import pytest
 
 from sandbox.runtime import logs
 from tests import helpers
-from tests.helpers import SandboxEnv
+from tests.helpers import SandboxEnv, ok, until
 
 pytestmark = pytest.mark.needs("userns", "subids", "newuidmap")
 
@@ -28,18 +28,6 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 MONITORS = [pytest.param("native", marks=pytest.mark.needs("native_monitor")), "python"]
 STAMP = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
 LONG = 40000  # more than two MAX_PARTIAL records in one line
-
-
-def _ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-def _until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _dir(env: SandboxEnv, container_id: str) -> Path:
@@ -82,7 +70,7 @@ def _expected_exe(env: SandboxEnv, monitor: str, pid: int) -> None:
         return exe.parent == cache and exe.name.startswith("sandbox-monitor-")
 
     if monitor == "native":
-        _until(native, "the monitor to exec the compiled program")
+        until(native, "the monitor to exec the compiled program")
     else:
         time.sleep(0.2)
         assert "python" in os.readlink(f"/proc/{pid}/exe")
@@ -91,7 +79,7 @@ def _expected_exe(env: SandboxEnv, monitor: str, pid: int) -> None:
 @pytest.mark.needs("native_monitor")
 def test_idle_native_monitor_is_small(sandbox_env: SandboxEnv, busybox_image: str) -> None:
     run = sandbox_env.run
-    container_id = _ok(
+    container_id = ok(
         run("run", "-d", "--network", "none", "--name", "idle", busybox_image, "sleep", "1000")
     ).strip()
     record = _record(sandbox_env, container_id)
@@ -103,11 +91,11 @@ def test_idle_native_monitor_is_small(sandbox_env: SandboxEnv, busybox_image: st
     pss = _pss_kib(monitor_pid)
     assert pss < 2048, f"the idle monitor's PSS is {pss} KiB"
     # doctor names the program in use.
-    doctor = _ok(run("doctor"))
+    doctor = ok(run("doctor"))
     assert "native monitor" in doctor and os.readlink(f"/proc/{monitor_pid}/exe") in doctor
-    _ok(run("stop", "-t", "1", "idle"))
+    ok(run("stop", "-t", "1", "idle"))
     assert _record(sandbox_env, container_id)["status"] == "exited"
-    _ok(run("rm", "idle"))
+    ok(run("rm", "idle"))
 
 
 def test_logs_and_attach_round_trip(
@@ -118,7 +106,7 @@ def test_logs_and_attach_round_trip(
         "read line; echo got=$line; echo err=$line >&2; "
         f"head -c {LONG} /dev/zero | tr '\\0' x; echo; printf tail; exit 3"
     )
-    container_id = _ok(
+    container_id = ok(
         run(
             "run",
             "-d",
@@ -161,17 +149,17 @@ def test_logs_and_attach_round_trip(
     assert b"".join(x for _, x in long_records) == b"x" * LONG
     assert [t for t, _ in long_records][-1] == b"F" and {t for t, _ in long_records[:-1]} == {b"P"}
     assert mine[-1] == (b"stdout", b"P", b"tail")  # output that stopped without a newline
-    shown = _ok(run("logs", name))
+    shown = ok(run("logs", name))
     assert shown.startswith("got=hello\n") and shown.endswith("tail")
     assert _record(sandbox_env, container_id)["exit_code"] == 3
-    _ok(run("rm", name))
+    ok(run("rm", name))
 
 
 def test_restart_on_failure_runs_three_times(
     sandbox_env: SandboxEnv, run: Run, monitor: str, busybox_image: str
 ) -> None:
     name = f"flaky-{monitor}"
-    container_id = _ok(
+    container_id = ok(
         run(
             "run",
             "-d",
@@ -188,27 +176,27 @@ def test_restart_on_failure_runs_three_times(
         )
     ).strip()
     monitor_pid = int(str(_record(sandbox_env, container_id)["monitor_pid"]))
-    _until(lambda: _ok(run("logs", name)).count("attempt") == 3, "three attempts")
-    assert _ok(run("wait", name)).strip() == "4"
+    until(lambda: ok(run("logs", name)).count("attempt") == 3, "three attempts")
+    assert ok(run("wait", name)).strip() == "4"
     time.sleep(0.5)
     record = _record(sandbox_env, container_id)
-    assert _ok(run("logs", name)).count("attempt") == 3
+    assert ok(run("logs", name)).count("attempt") == 3
     assert record["restart_count"] == 2 and record["exit_code"] == 4
     # One monitor process all along: the native one execs back and forth, keeping its pid.
     assert record["monitor_pid"] == monitor_pid
-    _until(lambda: not os.path.exists(f"/proc/{monitor_pid}"), "the monitor to end")
-    _ok(run("rm", name))
+    until(lambda: not os.path.exists(f"/proc/{monitor_pid}"), "the monitor to end")
+    ok(run("rm", name))
 
 
 def test_rm_removes_the_container_after_its_exit(
     sandbox_env: SandboxEnv, run: Run, busybox_image: str
 ) -> None:
-    container_id = _ok(
+    container_id = ok(
         run("run", "-d", "--rm", "--network", "none", busybox_image, "sh", "-c", "sleep 0.5")
     ).strip()
     assert _dir(sandbox_env, container_id).exists()
-    _until(lambda: not _dir(sandbox_env, container_id).exists(), "the container to go")
-    ps = json.loads(_ok(run("ps", "-a", "--format", "json")))
+    until(lambda: not _dir(sandbox_env, container_id).exists(), "the container to go")
+    ps = json.loads(ok(run("ps", "-a", "--format", "json")))
     assert container_id not in [c["Id"] for c in ps]
 
 
@@ -216,16 +204,16 @@ def test_exit_by_signal_and_oom_are_recorded(
     sandbox_env: SandboxEnv, run: Run, monitor: str, busybox_image: str
 ) -> None:
     name = f"killed-{monitor}"
-    container_id = _ok(
+    container_id = ok(
         run("run", "-d", "--network", "none", "--name", name, busybox_image, "sleep", "1000")
     ).strip()
-    _ok(run("kill", name))
-    assert _ok(run("wait", name)).strip() == "137"
+    ok(run("kill", name))
+    assert ok(run("wait", name)).strip() == "137"
     record = _record(sandbox_env, container_id)
     assert record["status"] == "exited" and record["exit_code"] == 137
     assert record["oom_killed"] is False  # not the OOM killer (this host enforces no limits)
     assert not (_dir(sandbox_env, container_id) / "attach.sock").exists()
-    _ok(run("rm", name))
+    ok(run("rm", name))
 
 
 @pytest.mark.needs("slirp4netns", "tun")
@@ -233,7 +221,7 @@ def test_killed_native_monitor_takes_pid1_and_the_network_helper(
     sandbox_env: SandboxEnv, run: Run, monitor: str, busybox_image: str
 ) -> None:
     name = f"orphan-{monitor}"
-    container_id = _ok(
+    container_id = ok(
         run("run", "-d", "--network", "slirp4netns", "--name", name, busybox_image, "sleep", "1000")
     ).strip()
     record = _record(sandbox_env, container_id)
@@ -245,10 +233,10 @@ def test_killed_native_monitor_takes_pid1_and_the_network_helper(
     ]
     assert len(helpers) == 1
     os.kill(monitor_pid, signal.SIGKILL)
-    _until(lambda: not os.path.exists(f"/proc/{pid1}"), "PID 1 to die with its monitor")
+    until(lambda: not os.path.exists(f"/proc/{pid1}"), "PID 1 to die with its monitor")
     # slirp4netns quits when its exit fd's last holder (the monitor) is gone.
-    _until(lambda: not os.path.exists(f"/proc/{helpers[0]}"), "slirp4netns to quit")
-    _ok(run("rm", "-f", name))
+    until(lambda: not os.path.exists(f"/proc/{helpers[0]}"), "slirp4netns to quit")
+    ok(run("rm", "-f", name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,7 +369,7 @@ def test_attach_stays_connected_across_restarts(
     sandbox_env: SandboxEnv, run: Run, monitor: str, busybox_image: str
 ) -> None:
     name = f"reattached-{monitor}"
-    container_id = _ok(
+    container_id = ok(
         run(
             "run",
             "-d",
@@ -412,7 +400,7 @@ def test_attach_stays_connected_across_restarts(
     assert out == b"out=first\nout=second\n", err
     assert attacher.returncode == 2
     assert _record(sandbox_env, container_id)["restart_count"] == 1
-    _ok(run("rm", name))
+    ok(run("rm", name))
 
 
 def test_the_build_and_every_reason_for_the_python_monitor(
@@ -465,8 +453,8 @@ def test_a_monitor_program_that_cannot_exec_falls_back_to_python(
     program, why = libexec.monitor_program()
     assert program is not None, why
     program.write_bytes(b"\x7fELF but not really")  # ours, executable, and ENOEXEC
-    _ok(env.run("image", "import", busybox_tarball, "bb"))
-    container_id = _ok(
+    ok(env.run("image", "import", busybox_tarball, "bb"))
+    container_id = ok(
         env.run(
             "run",
             "-d",
@@ -497,5 +485,5 @@ def test_a_monitor_program_that_cannot_exec_falls_back_to_python(
     assert record["restart_count"] == 1 and record["exit_code"] == 2
     log = (_dir(env, container_id) / "monitor.log").read_text()
     assert log.count("relaying in Python") == 2, log
-    assert _ok(env.run("logs", "fallback")) == "out=first\nout=second\n"
-    _ok(env.run("rm", "fallback"))
+    assert ok(env.run("logs", "fallback")) == "out=first\nout=second\n"
+    ok(env.run("rm", "fallback"))

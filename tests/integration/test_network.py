@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SandboxEnv
+from tests.helpers import SandboxEnv, ok
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -32,11 +32,6 @@ BACKENDS = [
     pytest.param("slirp4netns", marks=pytest.mark.needs("slirp4netns", "tun")),
     pytest.param("pasta", marks=pytest.mark.needs("pasta", "tun")),
 ]
-
-
-def _ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
 
 
 def _free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -189,22 +184,22 @@ def test_host_loopback_is_reachable_only_with_allow_host_loopback(
             busybox_image, "sh", "-c", probe,
         )  # fmt: skip
     assert "host-says-hi" not in closed.stdout
-    assert "host-says-hi" in _ok(opened)
+    assert "host-says-hi" in ok(opened)
 
 
 def test_network_none_has_only_loopback(sandbox: Run, busybox_image: str) -> None:
-    out = _ok(sandbox("run", "--rm", "--network", "none", busybox_image, "ls", "/sys/class/net"))
+    out = ok(sandbox("run", "--rm", "--network", "none", busybox_image, "ls", "/sys/class/net"))
     assert out.split() == ["lo"]
 
 
 def test_network_host_shares_the_hosts_interfaces(sandbox: Run, busybox_image: str) -> None:
-    out = _ok(sandbox("run", "--rm", "--network", "host", busybox_image, "ls", "/sys/class/net"))
+    out = ok(sandbox("run", "--rm", "--network", "host", busybox_image, "ls", "/sys/class/net"))
     assert sorted(out.split()) == sorted(os.listdir("/sys/class/net"))
 
 
 @pytest.mark.needs("slirp4netns", "tun")
 def test_default_network_has_a_tap_and_dns_forwarder(sandbox: Run, busybox_image: str) -> None:
-    out = _ok(
+    out = ok(
         sandbox(
             "run", "--rm", "--name", "netbox", "--add-host", "db.internal:10.0.2.50",
             "--dns-search", "example.test", busybox_image,
@@ -223,19 +218,19 @@ def test_default_network_has_a_tap_and_dns_forwarder(sandbox: Run, busybox_image
 @pytest.mark.needs("slirp4netns", "tun")
 def test_port_lists_the_containers_mappings(sandbox: Run, busybox_image: str) -> None:
     port = _free_port()
-    _ok(
+    ok(
         sandbox(
             "run", "--name", "ported", "-p", f"127.0.0.1:{port}:80", "-p", f"{port + 1}:81/udp",
             busybox_image, "true",
         )
     )  # fmt: skip
     try:
-        out = _ok(sandbox("port", "ported"))
+        out = ok(sandbox("port", "ported"))
         assert out.splitlines() == [
             f"80/tcp -> 127.0.0.1:{port}",
             f"81/udp -> 0.0.0.0:{port + 1}",
         ]
-        assert _ok(sandbox("port", "ported", "80")).strip() == f"127.0.0.1:{port}"
+        assert ok(sandbox("port", "ported", "80")).strip() == f"127.0.0.1:{port}"
     finally:
         sandbox("rm", "-f", "ported")
 
@@ -302,7 +297,7 @@ def test_failing_slirp4netns_reports_its_log_and_leaves_nothing(
     assert "ran" not in done.stdout
     assert "fake-slirp4netns: cannot open /dev/net/tun" in done.stderr
     assert "slirp4netns" in done.stderr
-    listed = json.loads(_ok(sandbox_env.run("ps", "-a", "--format", "json")))
+    listed = json.loads(ok(sandbox_env.run("ps", "-a", "--format", "json")))
     assert all("failnet" not in c["Names"] for c in listed)
 
 
@@ -335,7 +330,7 @@ def test_helper_dies_with_a_sigkilled_sandbox(
         deadline = time.monotonic() + 60
         helpers: list[int] = []
         while not helpers and time.monotonic() < deadline:
-            listed = json.loads(_ok(sandbox_env.run("ps", "--format", "json")))
+            listed = json.loads(ok(sandbox_env.run("ps", "--format", "json")))
             ids = [c["Id"] for c in listed if "killed" in c["Names"]]
             helpers = _helpers_for(str(ids[0])) if ids else []
             time.sleep(0.2)
@@ -359,6 +354,6 @@ def test_debian_mirror_resolves_and_apt_get_update_succeeds(
         "getent hosts deb.debian.org && apt-get -o Acquire::Retries=2 update",
         timeout=240,
     )  # fmt: skip
-    out = _ok(done)
+    out = ok(done)
     assert "deb.debian.org" in out
     assert "Reading package lists" in out

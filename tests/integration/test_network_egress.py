@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.integration.test_network import _host_server, _ok
+from tests.helpers import ok
+from tests.integration.test_network import _host_server
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -34,10 +35,10 @@ def test_allowed_address_answers_and_a_second_one_is_refused(
         )  # fmt: skip
         # The same container without the policy reaches both: the refusal is the filter's.
         both = sandbox("run", "--rm", "--network", LOOPBACK, busybox_image, "sh", "-c", script)
-    out = _ok(done)
+    out = ok(done)
     assert "host-says-hi" in out and f"reached-{allowed}" in out
     assert f"refused-{other}" in out
-    assert f"reached-{other}" in _ok(both)
+    assert f"reached-{other}" in ok(both)
 
 
 def test_a_cidr_without_port_allows_every_port_of_it(sandbox: Run, busybox_image: str) -> None:
@@ -46,7 +47,7 @@ def test_a_cidr_without_port_allows_every_port_of_it(sandbox: Run, busybox_image
             "run", "--rm", "--network", LOOPBACK, "--egress-allow", "10.0.2.0/24",
             busybox_image, "sh", "-c", f"{_probe(first)}; {_probe(second)}",
         )  # fmt: skip
-    out = _ok(done)
+    out = ok(done)
     assert f"reached-{first}" in out and f"reached-{second}" in out
 
 
@@ -56,7 +57,7 @@ def test_the_container_cannot_change_its_network(sandbox: Run, busybox_image: st
         "run", "--rm", "--egress-allow", "10.0.2.2/32:9", busybox_image,
         "sh", "-c", "ip route del default; echo rc=$?",
     )  # fmt: skip
-    out = _ok(done)
+    out = ok(done)
     assert "rc=0" not in out and "rc=" in out
 
 
@@ -66,7 +67,7 @@ def test_allowed_hostname_is_resolved_on_the_host_into_etc_hosts(
     done = sandbox(
         "run", "--rm", "--egress-allow", "localhost:80", busybox_image, "cat", "/etc/hosts"
     )
-    assert "127.0.0.1\tlocalhost\n" in _ok(done)
+    assert "127.0.0.1\tlocalhost\n" in ok(done)
 
 
 @pytest.mark.parametrize(

@@ -18,17 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SandboxEnv
+from tests.helpers import SandboxEnv, ok
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 pytestmark = pytest.mark.needs("userns", "subids", "newuidmap", "slirp4netns", "tun", "nftables")
 HTTPD = "mkdir -p /www && echo hello-from-{name} > /www/index.html && exec httpd -f -p 80 -h /www"
-
-
-def _ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
 
 
 def _holder(env: SandboxEnv) -> dict[str, int] | None:
@@ -55,9 +50,9 @@ def _no_holder_left(sandbox_env: SandboxEnv) -> Iterator[None]:
 def net(sandbox_env: SandboxEnv, sandbox: Run, busybox_image: str) -> Iterator[str]:
     """A fresh network; afterwards its containers and the network itself are removed."""
     name = f"net{os.getpid() % 1000}{time.monotonic_ns() % 100000}"
-    _ok(sandbox("network", "create", name))
+    ok(sandbox("network", "create", name))
     yield name
-    for c in json.loads(_ok(sandbox("ps", "-a", "--format", "json")) or "[]"):
+    for c in json.loads(ok(sandbox("ps", "-a", "--format", "json")) or "[]"):
         if any(str(n).startswith(f"{name}-") for n in c["Names"]):
             sandbox("rm", "-f", c["Id"])
     sandbox("network", "rm", name)
@@ -79,13 +74,13 @@ def test_containers_on_a_named_network_reach_each_other_by_name(
     sandbox: Run, busybox_image: str, net: str
 ) -> None:
     server = f"{net}-web"
-    _ok(sandbox("run", "-d", "--name", server, "--network", net, busybox_image,
+    ok(sandbox("run", "-d", "--name", server, "--network", net, busybox_image,
                 "sh", "-c", HTTPD.format(name="web")))  # fmt: skip
     script = (
         "for i in $(seq 50); do wget -qO- http://" + server + "/ && break; sleep 0.1; done; "
         "ip -4 addr show eth0; ip route"
     )
-    out = _ok(sandbox("run", "--rm", "--name", f"{net}-client", "--network", net,
+    out = ok(sandbox("run", "--rm", "--name", f"{net}-client", "--network", net,
                       busybox_image, "sh", "-c", script))  # fmt: skip
     assert "hello-from-web" in out
     assert "inet 10.89." in out and "default via 10.89." in out
@@ -95,16 +90,16 @@ def test_hosts_files_are_rewritten_in_place_when_a_peer_joins_and_leaves(
     sandbox: Run, busybox_image: str, net: str
 ) -> None:
     first, second = f"{net}-a", f"{net}-b"
-    _ok(sandbox("run", "-d", "--name", first, "--network", net, busybox_image, "sleep", "60"))
-    inode_before = _ok(sandbox("exec", first, "stat", "-c", "%i", "/etc/hosts"))
-    _ok(sandbox("run", "-d", "--name", second, "--network", net, busybox_image, "sleep", "60"))
-    hosts = _ok(sandbox("exec", first, "cat", "/etc/hosts"))
+    ok(sandbox("run", "-d", "--name", first, "--network", net, busybox_image, "sleep", "60"))
+    inode_before = ok(sandbox("exec", first, "stat", "-c", "%i", "/etc/hosts"))
+    ok(sandbox("run", "-d", "--name", second, "--network", net, busybox_image, "sleep", "60"))
+    hosts = ok(sandbox("exec", first, "cat", "/etc/hosts"))
     assert second in hosts, hosts
-    _ok(sandbox("rm", "-f", second))
-    hosts = _ok(sandbox("exec", first, "cat", "/etc/hosts"))
+    ok(sandbox("rm", "-f", second))
+    hosts = ok(sandbox("exec", first, "cat", "/etc/hosts"))
     assert second not in hosts, hosts
-    assert _ok(sandbox("exec", first, "stat", "-c", "%i", "/etc/hosts")) == inode_before
-    inspected = json.loads(_ok(sandbox("network", "inspect", net)))[0]
+    assert ok(sandbox("exec", first, "stat", "-c", "%i", "/etc/hosts")) == inode_before
+    inspected = json.loads(ok(sandbox("network", "inspect", net)))[0]
     assert [c["name"] for c in inspected["containers"].values()] == [first]
 
 
@@ -115,12 +110,12 @@ def test_a_published_port_reaches_a_container_on_a_named_network(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     name = f"{net}-pub"
-    _ok(sandbox("run", "-d", "--name", name, "--network", net, "-p", f"127.0.0.1:{port}:80",
+    ok(sandbox("run", "-d", "--name", name, "--network", net, "-p", f"127.0.0.1:{port}:80",
                 busybox_image, "sh", "-c", HTTPD.format(name="pub")))  # fmt: skip
     assert _wait_http(f"http://127.0.0.1:{port}/", time.monotonic() + 30).strip() == (
         "hello-from-pub"
     )
-    _ok(sandbox("rm", "-f", name))
+    ok(sandbox("rm", "-f", name))
     # The forward went with the container: the host port is free again.
     deadline = time.monotonic() + 10
     while True:
@@ -145,27 +140,27 @@ def test_network_errors_and_the_holder_lifecycle(
     bad = sandbox("network", "create", "--subnet", "10.0.2.0/24", "clash")
     assert bad.returncode == 125 and "overlaps" in bad.stderr
     assert sandbox("network", "create", "host").returncode == 125
-    _ok(sandbox("network", "create", "--subnet", "10.91.0.0/24", "life"))
+    ok(sandbox("network", "create", "--subnet", "10.91.0.0/24", "life"))
     try:
         assert sandbox("network", "create", "life").returncode == 125
-        _ok(sandbox("run", "-d", "--name", "life-c", "--network", "life", busybox_image,
+        ok(sandbox("run", "-d", "--name", "life-c", "--network", "life", busybox_image,
                     "sleep", "60"))  # fmt: skip
         busy = sandbox("network", "rm", "life")
         assert busy.returncode == 125 and "life-c" in busy.stderr
-        _ok(sandbox("rm", "-f", "life-c"))
+        ok(sandbox("rm", "-f", "life-c"))
         # A crashed holder is detected and replaced by the next container.
         holder = _holder(sandbox_env)
         assert holder is not None
         os.kill(holder["pid"], signal.SIGKILL)
-        out = _ok(sandbox("run", "--rm", "--network", "life", busybox_image,
+        out = ok(sandbox("run", "--rm", "--network", "life", busybox_image,
                           "ip", "-4", "addr", "show", "eth0"))  # fmt: skip
         assert "10.91.0." in out
         replaced = _holder(sandbox_env)
         assert replaced is not None and replaced["pid"] != holder["pid"]
     finally:
         sandbox("rm", "-f", "life-c")
-        _ok(sandbox("network", "rm", "life"))
-    if not [n for n in _ok(sandbox("network", "ls", "-q")).split()]:
+        ok(sandbox("network", "rm", "life"))
+    if not [n for n in ok(sandbox("network", "ls", "-q")).split()]:
         # The last network removed: the holder and its slirp4netns are gone (reaped too).
         assert _holder(sandbox_env) is None
         pids = (replaced["pid"], replaced["slirp_pid"])
@@ -204,9 +199,9 @@ def test_network_rm_leaves_no_zombie_or_orphan_while_the_starter_lives(
     sandbox_env: SandboxEnv, sandbox: Run
 ) -> None:
     name = f"reap{os.getpid() % 1000}"
-    for other in _ok(sandbox("network", "ls", "-q")).split():  # the holder stops with the last
-        _ok(sandbox("network", "rm", other))
-    _ok(sandbox("network", "create", name))
+    for other in ok(sandbox("network", "ls", "-q")).split():  # the holder stops with the last
+        ok(sandbox("network", "rm", other))
+    ok(sandbox("network", "create", name))
     starter = subprocess.Popen(
         [sys.executable, "-c", STARTER],
         env=sandbox_env.env,
@@ -222,7 +217,7 @@ def test_network_rm_leaves_no_zombie_or_orphan_while_the_starter_lives(
             assert found is not None and found[0] != "Z", (pid, found)
             # Neither is the starter's child: it would keep them as zombies once they end.
             assert found[1] != starter.pid, f"{pid} is a child of the command that started it"
-        _ok(sandbox("network", "rm", name))
+        ok(sandbox("network", "rm", name))
         deadline = time.monotonic() + 10
         left = {pid: _state_and_parent(pid) for pid in (holder_pid, slirp_pid)}
         while any(left.values()) and time.monotonic() < deadline:

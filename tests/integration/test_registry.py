@@ -287,7 +287,9 @@ def test_pull_interrupted_midway_exits_130_and_leaves_nothing(
     assert process.returncode == 130, err
     assert "Traceback" not in err
     storage = env.data_home / "sandbox/storage"
-    assert not [p.name for p in (storage / "layers").iterdir() if not p.name.startswith(".lock-")], err
+    assert not [
+        p.name for p in (storage / "layers").iterdir() if not p.name.startswith(".lock-")
+    ], err
     assert not list((storage / "blobs/sha256").iterdir())
     assert json.loads(_ok(env.run("images", "--format", "json")).stdout) == []
 

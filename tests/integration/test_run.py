@@ -14,22 +14,17 @@ from pathlib import Path
 import pytest
 
 from sandbox.rootless.idmap import SUBUID, read_subids
-from tests.helpers import SandboxEnv
+from tests.helpers import SandboxEnv, ok
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 pytestmark = pytest.mark.needs("userns", "subids", "newuidmap")
 
 
-def _ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 def test_uid_map_maps_root_to_user_and_the_subordinate_range(
     sandbox: Run, busybox_image: str
 ) -> None:
-    out = _ok(
+    out = ok(
         sandbox("run", "--rm", busybox_image, "cat", "/proc/self/uid_map", "/proc/self/gid_map")
     )
     rows = [line.split() for line in out.splitlines()]
@@ -42,21 +37,21 @@ def test_uid_map_maps_root_to_user_and_the_subordinate_range(
 
 
 def test_command_is_pid_1_and_hostname_is_the_containers(sandbox: Run, busybox_image: str) -> None:
-    out = _ok(
+    out = ok(
         sandbox("run", "--rm", busybox_image, "sh", "-c", "echo $$; hostname; cat /etc/hostname")
     )
     pid, hostname, etc_hostname = out.split()
     assert pid == "1"
     assert hostname != os.uname().nodename
     assert hostname == etc_hostname and len(hostname) == 12
-    out = _ok(sandbox("run", "--rm", "--hostname", "box.example", busybox_image, "hostname"))
+    out = ok(sandbox("run", "--rm", "--hostname", "box.example", busybox_image, "hostname"))
     assert out.strip() == "box.example"
 
 
 def test_every_namespace_differs_from_the_callers(sandbox: Run, busybox_image: str) -> None:
     names = sorted(os.listdir("/proc/self/ns"))
     script = "; ".join(f"readlink /proc/self/ns/{n}" for n in names)
-    out = _ok(sandbox("run", "--rm", busybox_image, "sh", "-c", script))
+    out = ok(sandbox("run", "--rm", busybox_image, "sh", "-c", script))
     inside = out.split()
     outside = [os.readlink(f"/proc/self/ns/{n}") for n in names]
     assert len(inside) == len(outside)
@@ -65,7 +60,7 @@ def test_every_namespace_differs_from_the_callers(sandbox: Run, busybox_image: s
 
 
 def test_loopback_is_up_and_nothing_else(sandbox: Run, busybox_image: str) -> None:
-    out = _ok(
+    out = ok(
         sandbox(
             "run",
             "--rm",
@@ -139,8 +134,8 @@ def test_stdout_and_stderr_stay_separate(sandbox: Run, busybox_image: str) -> No
 
 
 def test_stdin_reaches_the_command_only_with_i(sandbox: Run, busybox_image: str) -> None:
-    assert _ok(sandbox("run", "--rm", "-i", busybox_image, "cat", input="piped\n")) == "piped\n"
-    assert _ok(sandbox("run", "--rm", busybox_image, "cat", input="piped\n")) == ""
+    assert ok(sandbox("run", "--rm", "-i", busybox_image, "cat", input="piped\n")) == "piped\n"
+    assert ok(sandbox("run", "--rm", busybox_image, "cat", input="piped\n")) == ""
 
 
 def test_volume_file_belongs_to_the_user_on_the_host(
@@ -148,7 +143,7 @@ def test_volume_file_belongs_to_the_user_on_the_host(
 ) -> None:
     volume = tmp_path / "vol"
     volume.mkdir()
-    out = _ok(
+    out = ok(
         sandbox(
             "run",
             "--rm",
@@ -188,7 +183,7 @@ def test_tmpfs_env_workdir_user_and_entrypoint(
 ) -> None:
     env_file = tmp_path / "env"
     env_file.write_text("# comment\nFROM_FILE=1\nBOTH=file\n")
-    out = _ok(
+    out = ok(
         sandbox(
             "run",
             "--rm",
@@ -212,14 +207,12 @@ def test_tmpfs_env_workdir_user_and_entrypoint(
         )
     )
     assert out.splitlines() == ["b c|1|cli|/scratch|65534:65534", "tmpfs"]
-    out = _ok(sandbox("run", "--rm", "--entrypoint", "echo", busybox_image, "via", "entry"))
+    out = ok(sandbox("run", "--rm", "--entrypoint", "echo", busybox_image, "via", "entry"))
     assert out == "via entry\n"
 
 
 def test_user_by_name_from_the_images_passwd(sandbox: Run, busybox_image: str) -> None:
-    out = _ok(
-        sandbox("run", "--rm", "-u", "nobody", busybox_image, "sh", "-c", "id -u; echo $HOME")
-    )
+    out = ok(sandbox("run", "--rm", "-u", "nobody", busybox_image, "sh", "-c", "id -u; echo $HOME"))
     assert out.split()[0] == "65534"
     done = sandbox("run", "--rm", "-u", "no-such-user", busybox_image, "true")
     assert done.returncode == 125 and "no-such-user" in done.stderr
@@ -229,15 +222,15 @@ def test_umask_is_the_containers_not_the_callers(sandbox: Run, busybox_image: st
     script = "umask; touch /f; mkdir /d; stat -c %a /f /d"
     caller = os.umask(0o077)  # the caller's mask must not leak into the container
     try:
-        out = _ok(sandbox("run", "--rm", busybox_image, "sh", "-c", script))
+        out = ok(sandbox("run", "--rm", busybox_image, "sh", "-c", script))
     finally:
         os.umask(caller)
     assert out.split() == ["0022", "644", "755"]
-    out = _ok(sandbox("run", "--rm", "--umask", "027", busybox_image, "sh", "-c", script))
+    out = ok(sandbox("run", "--rm", "--umask", "027", busybox_image, "sh", "-c", script))
     assert out.split() == ["0027", "640", "750"]
     # exec'd processes take the container's mask too.
     name = "umask-exec"
-    _ok(
+    ok(
         sandbox(
             "run",
             "-d",
@@ -253,7 +246,7 @@ def test_umask_is_the_containers_not_the_callers(sandbox: Run, busybox_image: st
         )
     )
     try:
-        assert _ok(sandbox("exec", name, "sh", "-c", "umask")).strip() == "0077"
+        assert ok(sandbox("exec", name, "sh", "-c", "umask")).strip() == "0077"
     finally:
         sandbox("rm", "-f", name)
     for bad in ("8", "01777", "abc"):
@@ -262,7 +255,7 @@ def test_umask_is_the_containers_not_the_callers(sandbox: Run, busybox_image: st
 
 
 def test_dev_proc_and_sys_are_set_up(sandbox: Run, busybox_image: str) -> None:
-    out = _ok(
+    out = ok(
         sandbox(
             "run",
             "--rm",
@@ -288,7 +281,7 @@ def test_dev_proc_and_sys_are_set_up(sandbox: Run, busybox_image: str) -> None:
 
 
 def test_init_reaps_and_the_command_is_its_child(sandbox: Run, busybox_image: str) -> None:
-    out = _ok(sandbox("run", "--rm", "--init", busybox_image, "sh", "-c", "echo $PPID $$"))
+    out = ok(sandbox("run", "--rm", "--init", busybox_image, "sh", "-c", "echo $PPID $$"))
     assert out.split() == ["1", "2"]
 
 
@@ -354,27 +347,27 @@ def test_run_without_rm_keeps_the_container_until_rm(
     sandbox_env: SandboxEnv, busybox_image: str
 ) -> None:
     run = sandbox_env.run
-    _ok(run("run", "--name", "keeper", busybox_image, "sh", "-c", "echo data > /kept"))
-    listed = json.loads(_ok(run("ps", "-a", "--format", "json")))
+    ok(run("run", "--name", "keeper", busybox_image, "sh", "-c", "echo data > /kept"))
+    listed = json.loads(ok(run("ps", "-a", "--format", "json")))
     keeper = next(c for c in listed if c["Names"] == ["keeper"])
     assert keeper["State"] == "exited" and keeper["ExitCode"] == 0
     container_dir = sandbox_env.data_home / "sandbox" / "containers" / keeper["Id"]
     assert container_dir.is_dir()
-    assert "keeper" in _ok(run("ps", "-a"))
-    assert "keeper" not in _ok(run("ps"))
+    assert "keeper" in ok(run("ps", "-a"))
+    assert "keeper" not in ok(run("ps"))
     duplicate = run("run", "--name", "keeper", busybox_image, "true")
     assert duplicate.returncode == 125 and "already in use" in duplicate.stderr
-    _ok(run("rm", "keeper"))
+    ok(run("rm", "keeper"))
     assert not container_dir.exists()
     assert all(
-        c["Names"] != ["keeper"] for c in json.loads(_ok(run("ps", "-a", "--format", "json")))
+        c["Names"] != ["keeper"] for c in json.loads(ok(run("ps", "-a", "--format", "json")))
     )
 
 
 def test_rm_leaves_nothing_behind(sandbox_env: SandboxEnv, busybox_image: str) -> None:
     containers = sandbox_env.data_home / "sandbox" / "containers"
     before = {p.name for p in containers.iterdir()} if containers.exists() else set()
-    _ok(
+    ok(
         sandbox_env.run(
             "run",
             "--rm",
@@ -386,7 +379,7 @@ def test_rm_leaves_nothing_behind(sandbox_env: SandboxEnv, busybox_image: str) -
     )
     # A directory of a subordinate id, with a file in it and no write bit for its group and
     # others: only the container's user namespace can empty it.
-    _ok(
+    ok(
         sandbox_env.run(
             "run",
             "--rm",
@@ -401,8 +394,8 @@ def test_rm_leaves_nothing_behind(sandbox_env: SandboxEnv, busybox_image: str) -
 
 
 def test_changes_stay_in_the_container_not_the_image(sandbox: Run, busybox_image: str) -> None:
-    _ok(sandbox("run", "--rm", busybox_image, "sh", "-c", "rm /bin/ls; echo x > /etc/passwd"))
-    out = _ok(sandbox("run", "--rm", busybox_image, "sh", "-c", "ls /bin/ls; head -1 /etc/passwd"))
+    ok(sandbox("run", "--rm", busybox_image, "sh", "-c", "rm /bin/ls; echo x > /etc/passwd"))
+    out = ok(sandbox("run", "--rm", busybox_image, "sh", "-c", "ls /bin/ls; head -1 /etc/passwd"))
     assert out.splitlines()[0] == "/bin/ls"
     assert out.splitlines()[1].startswith("root:")
 
@@ -411,7 +404,7 @@ def test_rootfs_directory(sandbox: Run, tmp_path: Path, busybox_tarball: Path) -
     root = tmp_path / "rootfs"
     root.mkdir()
     subprocess.run(["tar", "-xf", busybox_tarball, "-C", root, "--no-same-owner"], check=True)
-    out = _ok(sandbox("run", "--rm", "--rootfs", root, "sh", "-c", "echo $$; id -u"))
+    out = ok(sandbox("run", "--rm", "--rootfs", root, "sh", "-c", "echo $$; id -u"))
     assert out.split() == ["1", "0"]
 
 
@@ -449,7 +442,7 @@ def test_failed_run_leaves_nothing_behind(sandbox_env: SandboxEnv, busybox_image
 
 
 def test_debian_runs_and_keeps_file_owners(sandbox: Run, debian_image: str) -> None:
-    out = _ok(
+    out = ok(
         sandbox(
             "run",
             "--rm",
@@ -464,7 +457,7 @@ def test_debian_runs_and_keeps_file_owners(sandbox: Run, debian_image: str) -> N
     fields = shadow.split()
     assert (fields[2], fields[3]) == ("0", "42"), shadow
     assert user == "root"
-    out = _ok(
+    out = ok(
         sandbox(
             "run",
             "--rm",

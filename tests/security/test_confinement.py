@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import ok
 from tests.security.conftest import fingerprint
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -22,13 +23,8 @@ EPERM, ENOSYS = 1, 38
 DENIED = [("keyctl", 250, 288), ("add_key", 248, 286), ("unshare", 272, 310), ("bpf", 321, 357)]
 
 
-def _ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 def _status(sandbox: Run, image: str, *options: str) -> dict[str, str]:
-    out = _ok(sandbox("run", "--rm", *options, image, "cat", "/proc/self/status"))
+    out = ok(sandbox("run", "--rm", *options, image, "cat", "/proc/self/status"))
     return {k: v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
 
 
@@ -75,7 +71,7 @@ def test_denied_syscalls_fail_with_eperm_on_every_abi(
     # An unknown number on each entry, then getpid as the control.
     probes += ["/probe/sysprobe 64 1000", "/probe/sysprobe 32 1000", "/probe/sysprobe x32 1000"]
     probes += ["/probe/sysprobe 64 39", "/probe/sysprobe 32 20"]
-    out = _ok(
+    out = ok(
         sandbox(
             "run",
             "--rm",
@@ -106,7 +102,7 @@ def test_unconfined_and_custom_profiles(
         ' "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}'
     )
     tmp_path.chmod(0o755)
-    out = _ok(
+    out = ok(
         sandbox(
             "run",
             "--rm",
@@ -133,18 +129,18 @@ def test_masked_and_read_only_paths(sandbox: Run, busybox_image: str) -> None:
         "echo x > /proc/sys/kernel/hostname 2>/dev/null && echo writable || echo ro;"
         "echo h > /proc/sysrq-trigger 2>/dev/null && echo writable || echo ro"
     )
-    out = _ok(sandbox("run", "--rm", busybox_image, "sh", "-c", script)).split("\n")
+    out = ok(sandbox("run", "--rm", busybox_image, "sh", "-c", script)).split("\n")
     sizes = [line for line in out if line.startswith("/proc/")]
     assert sizes and all(line.endswith(" 0") for line in sizes), out
     assert out[len(sizes) :][:3] == ["0", "ro", "ro"]
     count = "grep -c ' /proc/keys ' /proc/self/mountinfo; true"
-    assert _ok(sandbox("run", "--rm", busybox_image, "sh", "-c", count)).strip() == "1"
-    privileged = _ok(sandbox("run", "--rm", "--privileged", busybox_image, "sh", "-c", count))
+    assert ok(sandbox("run", "--rm", busybox_image, "sh", "-c", count)).strip() == "1"
+    privileged = ok(sandbox("run", "--rm", "--privileged", busybox_image, "sh", "-c", count))
     assert privileged.strip() == "0"
 
 
 def test_ulimit_and_no_new_privileges(sandbox: Run, busybox_image: str) -> None:
-    out = _ok(
+    out = ok(
         sandbox(
             "run",
             "--rm",
@@ -182,7 +178,7 @@ def test_bad_security_options_exit_125_with_a_hint(sandbox: Run, busybox_image: 
 def test_only_stdio_is_open_at_exec(sandbox: Run, busybox_image: str) -> None:
     # ls opens the directory itself: fd 3 is its own.
     for options in ([], ["--init"], ["-t"]):
-        out = _ok(sandbox("run", "--rm", *options, busybox_image, "ls", "/proc/self/fd"))
+        out = ok(sandbox("run", "--rm", *options, busybox_image, "ls", "/proc/self/fd"))
         assert out.split() == ["0", "1", "2", "3"], (options, out)
 
 
@@ -195,7 +191,7 @@ def test_cve_2019_5736_host_interpreter_out_of_reach(sandbox: Run, busybox_image
         "echo x 2>/dev/null > /proc/1/exe && echo written;"
         "readlink /proc/1/exe 2>/dev/null; ls /proc/1/fd 2>/dev/null | wc -l; true"
     )
-    out = _ok(sandbox("run", "--rm", "--init", busybox_image, "sh", "-c", script))
+    out = ok(sandbox("run", "--rm", "--init", busybox_image, "sh", "-c", script))
     assert "readable" not in out and "written" not in out
     assert str(interpreter) not in out
     assert fingerprint(interpreter) == before
