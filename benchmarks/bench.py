@@ -363,9 +363,10 @@ def scenario_throughput(b: Bench) -> None:
         client = tools.iperf3_argv("/iperf", "-c", "10.0.2.2", "-p", str(port), *timing)
         network = "slirp4netns:allow_host_loopback=true"
         engines: list[Sandbox | Podman] = [b.sandbox] + ([b.podman] if b.podman else [])
-        # Per engine: bits sent per CPU-second of its slirp4netns, each round. The transfer is
-        # bound by that one process's CPU, so on a busy machine throughput follows the CPU it
-        # got; this figure is what the engine's set-up decides.
+        # Per engine: bits sent per CPU-second of its slirp4netns, each round: the work the
+        # engine's set-up makes the helper do per bit. The rate itself is bound by neither
+        # engine's CPU here (slirp4netns uses 15-25% of one) but by the wake-ups between the
+        # client, slirp4netns and the server, so it varies from round to round.
         efficiency: dict[str, list[float]] = {engine.name: [] for engine in engines}
         with contextlib.ExitStack() as stack:
             variants: dict[str, Callable[[], float]] = {}
