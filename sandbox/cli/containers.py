@@ -24,10 +24,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from sandbox import config
         from sandbox.cli import render
+        from sandbox.runtime import state
         from sandbox.runtime.state import ContainerStore
 
         settings = config.load()
         containers = ContainerStore(settings.containers_root).list()
+        if any(state.abandoned(c) for c in containers):
+            from sandbox.runtime import lifecycle
+
+            containers = lifecycle.remove_abandoned(settings, containers)
         if not all_ and not any(f.startswith("status=") for f in filters) and last < 0:
             containers = [c for c in containers if c.status == "running"]
         containers = render.filter_containers(containers, filters)

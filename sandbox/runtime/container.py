@@ -323,6 +323,8 @@ def start(
                 pid_start=state.process_start_time(pid1) or 0,
                 boot_id=state.boot_id(),
                 started_at=state.now(),
+                # Whoever records the exit: this process (`run`, or a detached monitor).
+                monitor_pid=os.getpid(),
             )
             channel.send("reparented")
             if spec.process.terminal:

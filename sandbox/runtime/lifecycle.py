@@ -169,6 +169,20 @@ def rename(settings: Settings, name_or_id: str, new_name: str) -> Container:
     return store.rename(store.lookup(name_or_id), new_name)
 
 
+def remove_abandoned(settings: Settings, containers: list[Container]) -> list[Container]:
+    """Remove the abandoned --rm containers (state.abandoned) among containers; the others,
+    in order. podman's conmon removes such a container through its exit command; here the
+    next `ps` does."""
+    kept = []
+    for c in containers:
+        if state.abandoned(c):
+            with contextlib.suppress(SandboxError):  # then it stays listed, as exited
+                engine.remove(settings, c.id)
+                continue
+        kept.append(c)
+    return kept
+
+
 def prune(settings: Settings) -> list[Container]:
     """Remove every container that is not running."""
     removed = []

@@ -53,7 +53,7 @@ class Container:
     cgroup_path: str = ""  # the container's cgroup under /sys/fs/cgroup, "" without one
     # Per limit: {"option", "file", "value", "enforced"}; `sandbox inspect` shows them.
     limits: tuple[dict[str, object], ...] = ()
-    monitor_pid: int = 0  # the monitor of a detached container
+    monitor_pid: int = 0  # the process that records the exit: `run`, or a detached monitor
     restart_count: int = 0
     ports: tuple[str, ...] = ()  # published ports, "80/tcp -> 127.0.0.1:8080" (sandbox port)
 
@@ -95,6 +95,23 @@ def is_alive(container: Container) -> bool:
     if container.pid <= 0 or container.boot_id != boot_id():
         return False
     return process_start_time(container.pid) == container.pid_start
+
+
+def abandoned(c: Container) -> bool:
+    """A --rm container that nobody will remove: its command is gone and so is the process
+    that was to record the exit and remove it (a `sandbox run --rm` killed by SIGKILL, or a
+    killed monitor; PID 1 died with it through PDEATHSIG)."""
+    if not c.remove or c.status != "exited" or c.finished_at is not None:
+        return False  # not --rm, still running, or its exit was recorded (removal under way)
+    if c.monitor_pid <= 0:
+        return True
+    try:
+        os.kill(c.monitor_pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # someone else's process now: a reused pid, or ours under another uid
+    return False
 
 
 class ContainerStore:

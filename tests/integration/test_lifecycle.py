@@ -228,6 +228,56 @@ def test_killed_monitor_leaves_nothing_behind(sandbox_env: SandboxEnv, busybox_i
     assert not _container_dir(sandbox_env, container_id).exists()
 
 
+def test_killed_rm_containers_are_removed_by_the_next_ps(
+    sandbox_env: SandboxEnv, busybox_image: str
+) -> None:
+    """`run --rm` killed with SIGKILL (a CI job's timeout), or the monitor of a `run -d --rm`
+    killed: nobody is left to remove the container, so the next `ps` does, as podman's
+    conmon would through its exit command."""
+    run = sandbox_env.run
+    argv = [*sandbox_env.argv_prefix(), "run", "--rm", "--network", "none", "--name", "fg"]
+    foreground = subprocess.Popen(
+        [*argv, busybox_image, "sleep", "1000"],
+        env=sandbox_env.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        until(lambda: any("fg" in c["Names"] for c in _ps(run)), "the --rm container to run")
+        (fg,) = [c["Id"] for c in _ps(run) if "fg" in c["Names"]]
+    finally:
+        foreground.kill()
+        foreground.wait()
+    detached = ok(
+        run(
+            "run", "-d", "--rm", "--network", "none", "--name", "bg", busybox_image, "sleep", "1000"
+        )
+    ).strip()
+    record = json.loads((_container_dir(sandbox_env, detached) / "container.json").read_text())
+    os.kill(record["monitor_pid"], signal.SIGKILL)
+    until(lambda: not os.path.exists(f"/proc/{record['pid']}"), "PID 1 to die with its monitor")
+    assert not [c for c in _ps(run, "-a") if {"fg", "bg"} & set(c["Names"])]
+    assert not _container_dir(sandbox_env, fg).exists()
+    assert not _container_dir(sandbox_env, detached).exists()
+    # A --rm container still running is left alone.
+    ok(
+        run(
+            "run",
+            "-d",
+            "--rm",
+            "--network",
+            "none",
+            "--name",
+            "live",
+            busybox_image,
+            "sleep",
+            "100",
+        )
+    )
+    assert any("live" in c["Names"] for c in _ps(run, "-a"))
+    ok(run("rm", "-f", "live"))
+
+
 def test_exec_tty_user_workdir_env(sandbox: Run, busybox_image: str) -> None:
     ok(
         sandbox(
