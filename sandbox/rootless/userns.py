@@ -14,6 +14,7 @@ A failure on either side is sent as an "error" message and re-raised by the othe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -249,17 +250,29 @@ def run(
     Messages the target sends (results, progress) are handed to on_message in order.
     """
     pid, channel = spawn(mapping, target, flags=flags)
+    child_done = False  # it hung up or sent its error: it is exiting, waiting is enough
     try:
-        try:
-            while True:
+        while True:
+            try:
                 message, fds = channel.recv()  # an "error" message raises here
-                if on_message is not None:
-                    on_message(message, fds)
-                else:
-                    for fd in fds:
-                        os.close(fd)
-        except ChannelClosed:
-            pass
+            except ChannelClosed:
+                child_done = True
+                break
+            except SandboxError:
+                child_done = True
+                raise
+            if on_message is not None:
+                on_message(message, fds)
+            else:
+                for fd in fds:
+                    os.close(fd)
+    except BaseException:
+        if not child_done:
+            # Our own failure (an interrupt, a message we refused): without this the child
+            # would finish its whole task (a layer's unpacking) before we could return.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise
     finally:
         status = wait_pid(pid)
         channel.close()

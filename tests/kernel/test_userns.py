@@ -7,6 +7,7 @@ the channel and the parent asserts on it (an assertion inside the child would on
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import pytest
@@ -96,6 +97,24 @@ def test_os_error_in_the_child_keeps_the_kernel_words() -> None:
     with pytest.raises(SandboxError) as caught:
         userns.run(idmap.for_current_user("single"), target)
     assert "No such file or directory" in str(caught.value)
+
+
+def test_a_failure_of_ours_stops_the_child_instead_of_waiting_for_it(tmp_path: Any) -> None:
+    finished = tmp_path / "finished"
+
+    def target(channel: Channel) -> int:
+        channel.send("progress")
+        time.sleep(3)  # a long task, such as unpacking a layer
+        finished.touch()
+        return 0
+
+    def refuse(_message: dict[str, Any], _fds: list[int]) -> None:
+        raise ValueError("refused by the parent")
+
+    with pytest.raises(ValueError):
+        userns.run(idmap.for_current_user("single"), target, on_message=refuse)
+    # Waiting for the child would have let it finish its task; it was stopped instead.
+    assert not finished.exists()
 
 
 def test_exit_status_of_the_target_is_returned() -> None:
