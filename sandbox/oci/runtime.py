@@ -362,7 +362,10 @@ class Runtime:
                 cwd="/",
                 terminal=False,
             )
-            code = self._exec_in(st, process, stdin=state)
+            timeout = hook.get("timeout")
+            if timeout is not None and (not isinstance(timeout, int) or timeout <= 0):
+                raise UsageError(f"config.json: {field}.timeout: must be a positive integer")
+            code = self._exec_in(st, process, stdin=state, timeout=timeout, what=field)
             if code != 0:
                 raise ContainerError(f"{field} ({path}) failed with exit status {code}")
 
@@ -446,7 +449,11 @@ class Runtime:
         console_socket: Path | None = None,
         pid_file: Path | None = None,
         stdin: bytes | None = None,
+        timeout: int | None = None,
+        what: str = "the process",
     ) -> int:
+        """Run process in st's container; its exit code (0 at once with detach). With a
+        timeout (a hook's), a process still running after it is killed, and that is an error."""
         from sandbox.oci import spec as oci
         from sandbox.rootless.userns import assert_single_threaded
         from sandbox.runtime import exec as exec_
@@ -516,6 +523,11 @@ class Runtime:
             return 0
         from sandbox.errors import exit_code_for_wait_status
 
+        if timeout is not None and not syscalls.exits_within(pid, timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait(pid)
+            raise ContainerError(f"{what} timed out after {timeout} s and was killed")
         return exit_code_for_wait_status(_wait(pid))
 
 

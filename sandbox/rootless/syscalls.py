@@ -234,3 +234,25 @@ def set_seccomp_filter(program: bytes, flags: int = 0) -> None:
         ctypes.byref(prog),
     )
     _check(int(result), "seccomp", "SECCOMP_SET_MODE_FILTER")
+
+
+def exits_within(pid: int, timeout: float) -> bool:
+    """Whether our child pid ends within timeout seconds, without reaping it. A pidfd (Linux
+    5.3; openat2, which sandbox needs anyway, is 5.6) wakes us the moment it exits, where
+    polling with sleeps is late by the sleep. pid must be our unreaped child (so not reused)."""
+    import select
+    import time
+
+    pidfd = os.pidfd_open(pid)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if poller.poll(remaining * 1000):
+                return True
+    finally:
+        os.close(pidfd)

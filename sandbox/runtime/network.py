@@ -525,31 +525,14 @@ class Helper:
 
 
 def _exited(process: subprocess.Popen[bytes], timeout: float) -> bool:
-    """Whether process ends within timeout, without reaping it. A pidfd wakes us the moment it
-    exits, where Popen.wait(timeout) polls with doubling sleeps (up to ~20 ms late per run)."""
+    """Whether process ends within timeout, without reaping it (Popen.wait(timeout) polls
+    with doubling sleeps: up to ~20 ms late per run)."""
+    from sandbox.rootless import syscalls
+
     if process.returncode is not None:
         return True
-    try:
-        # Still ours to reap (only Popen waits for it), so the pid cannot have been reused.
-        pidfd = os.pidfd_open(process.pid)
-    except OSError:  # a kernel before 5.3
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-    try:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            if poller.poll(remaining * 1000):
-                return True
-    finally:
-        os.close(pidfd)
+    # Still ours to reap (only Popen waits for it), so the pid cannot have been reused.
+    return syscalls.exits_within(process.pid, timeout)
 
 
 def start(config: NetworkConfig, pid: int, state_dir: Path, runtime_dir: Path) -> Helper | None:

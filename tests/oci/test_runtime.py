@@ -330,6 +330,17 @@ def test_hooks_run_at_their_points_with_the_state(
     assert done.returncode != 0
     assert "hooks.createRuntime[0]" in (tmp_path / "log").read_text()
     assert rt("state", "c9").returncode != 0
+    # A createContainer hook still running after its timeout is killed, and fails create.
+    config["hooks"] = {
+        "createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "sleep 60"], "timeout": 1}]
+    }
+    write_config(bundle, config)
+    with open(tmp_path / "log", "w") as log:
+        done = rt("create", "--bundle", bundle, "c10", stdout=log)
+    message = (tmp_path / "log").read_text()
+    assert done.returncode != 0
+    assert "hooks.createContainer[0] timed out after 1 s" in message, message
+    assert rt("state", "c10").returncode != 0
 
 
 def test_refusals_name_the_field(rt: Runtime, tmp_path: Path, busybox_tarball: Path) -> None:
