@@ -258,3 +258,11 @@ def until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def run_detached(
+    run: Callable[..., subprocess.CompletedProcess[str]], name: str, *args: str
+) -> str:
+    """`sandbox run -d --network none --name NAME ARGS...` (more options, the image, the
+    command), which must succeed; the container's id."""
+    return ok(run("run", "-d", "--network", "none", "--name", name, *args)).strip()

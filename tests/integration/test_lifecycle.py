@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SandboxEnv, ok, until
+from tests.helpers import SandboxEnv, ok, run_detached, until
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -34,20 +34,14 @@ def test_detached_httpd_ps_exec_logs_stop_rm(
 ) -> None:
     run = fresh_sandbox_env.run
     ok(run("image", "import", busybox_tarball, "busybox"))
-    container_id = ok(
-        run(
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "--name",
-            "web",
-            "busybox",
-            "sh",
-            "-c",
-            "echo to-stdout; echo to-stderr >&2; exec httpd -f -p 8080",
-        )
-    ).strip()
+    container_id = run_detached(
+        run,
+        "web",
+        "busybox",
+        "sh",
+        "-c",
+        "echo to-stdout; echo to-stderr >&2; exec httpd -f -p 8080",
+    )
     assert len(container_id) == 64
     listed = _ps(run)
     assert [c["Names"] for c in listed] == [["web"]]
@@ -99,19 +93,13 @@ def test_detached_httpd_ps_exec_logs_stop_rm(
 def test_stop_with_sigterm_handler_and_wait(sandbox_env: SandboxEnv, busybox_image: str) -> None:
     sandbox = sandbox_env.run
     name = "trapper"
-    ok(
-        sandbox(
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "--name",
-            name,
-            busybox_image,
-            "sh",
-            "-c",
-            "trap 'exit 7' TERM; while true; do sleep 0.1; done",
-        )
+    run_detached(
+        sandbox,
+        name,
+        busybox_image,
+        "sh",
+        "-c",
+        "trap 'exit 7' TERM; while true; do sleep 0.1; done",
     )
     waiter = subprocess.Popen(
         [*sandbox_env.argv_prefix(), "wait", name],
@@ -127,20 +115,7 @@ def test_stop_with_sigterm_handler_and_wait(sandbox_env: SandboxEnv, busybox_ima
 
 
 def test_kill_signal_and_exit_code(sandbox: Run, busybox_image: str) -> None:
-    ok(
-        sandbox(
-            "run",
-            "-d",
-            "--init",
-            "--network",
-            "none",
-            "--name",
-            "killme",
-            busybox_image,
-            "sleep",
-            "100",
-        )
-    )
+    run_detached(sandbox, "killme", "--init", busybox_image, "sleep", "100")
     ok(sandbox("kill", "-s", "USR1", "killme"))
     assert ok(sandbox("wait", "killme")).strip() == str(128 + signal.SIGUSR1)
     assert sandbox("kill", "killme").returncode == 125  # not running any more
@@ -176,21 +151,15 @@ def test_create_start_attach_restart(sandbox: Run, busybox_image: str) -> None:
 
 
 def test_restart_policy_on_failure(sandbox: Run, busybox_image: str) -> None:
-    ok(
-        sandbox(
-            "run",
-            "-d",
-            "--restart",
-            "on-failure:2",
-            "--network",
-            "none",
-            "--name",
-            "flaky",
-            busybox_image,
-            "sh",
-            "-c",
-            "echo attempt; exit 1",
-        )
+    run_detached(
+        sandbox,
+        "flaky",
+        "--restart",
+        "on-failure:2",
+        busybox_image,
+        "sh",
+        "-c",
+        "echo attempt; exit 1",
     )
     until(lambda: ok(sandbox("logs", "flaky")).count("attempt") == 3, "three attempts")
     assert ok(sandbox("wait", "flaky")).strip() == "1"
@@ -213,9 +182,7 @@ def test_detached_rm_removes_itself(fresh_sandbox_env: SandboxEnv, busybox_tarba
 
 def test_killed_monitor_leaves_nothing_behind(sandbox_env: SandboxEnv, busybox_image: str) -> None:
     run = sandbox_env.run
-    container_id = ok(
-        run("run", "-d", "--network", "none", "--name", "orphan", busybox_image, "sleep", "1000")
-    ).strip()
+    container_id = run_detached(run, "orphan", busybox_image, "sleep", "1000")
     record = json.loads((_container_dir(sandbox_env, container_id) / "container.json").read_text())
     monitor, pid = record["monitor_pid"], record["pid"]
     assert monitor > 0 and os.path.exists(f"/proc/{pid}")
@@ -248,11 +215,7 @@ def test_killed_rm_containers_are_removed_by_the_next_ps(
     finally:
         foreground.kill()
         foreground.wait()
-    detached = ok(
-        run(
-            "run", "-d", "--rm", "--network", "none", "--name", "bg", busybox_image, "sleep", "1000"
-        )
-    ).strip()
+    detached = run_detached(run, "bg", "--rm", busybox_image, "sleep", "1000")
     record = json.loads((_container_dir(sandbox_env, detached) / "container.json").read_text())
     os.kill(record["monitor_pid"], signal.SIGKILL)
     until(lambda: not os.path.exists(f"/proc/{record['pid']}"), "PID 1 to die with its monitor")
@@ -260,40 +223,13 @@ def test_killed_rm_containers_are_removed_by_the_next_ps(
     assert not _container_dir(sandbox_env, fg).exists()
     assert not _container_dir(sandbox_env, detached).exists()
     # A --rm container still running is left alone.
-    ok(
-        run(
-            "run",
-            "-d",
-            "--rm",
-            "--network",
-            "none",
-            "--name",
-            "live",
-            busybox_image,
-            "sleep",
-            "100",
-        )
-    )
+    run_detached(run, "live", "--rm", busybox_image, "sleep", "100")
     assert any("live" in c["Names"] for c in _ps(run, "-a"))
     ok(run("rm", "-f", "live"))
 
 
 def test_exec_tty_user_workdir_env(sandbox: Run, busybox_image: str) -> None:
-    ok(
-        sandbox(
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "--name",
-            "shell",
-            "-e",
-            "FROM_RUN=1",
-            busybox_image,
-            "sleep",
-            "1000",
-        )
-    )
+    run_detached(sandbox, "shell", "-e", "FROM_RUN=1", busybox_image, "sleep", "1000")
     out = ok(
         sandbox(
             "exec",
@@ -334,20 +270,7 @@ def test_exec_tty_user_workdir_env(sandbox: Run, busybox_image: str) -> None:
 
 
 def test_top_lists_the_containers_processes(sandbox: Run, busybox_image: str) -> None:
-    ok(
-        sandbox(
-            "run",
-            "-d",
-            "--init",
-            "--network",
-            "none",
-            "--name",
-            "topped",
-            busybox_image,
-            "sleep",
-            "1000",
-        )
-    )
+    run_detached(sandbox, "topped", "--init", busybox_image, "sleep", "1000")
     out = ok(sandbox("top", "topped"))
     rows = [line.split() for line in out.splitlines()[1:]]
     assert [row[0] for row in rows] == ["1", "2"]
@@ -396,20 +319,14 @@ def test_ps_never_crashes_while_containers_come_and_go(
 
 
 def test_cp_both_ways_running_and_stopped(sandbox: Run, busybox_image: str, tmp_path: Path) -> None:
-    ok(
-        sandbox(
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "--name",
-            "copier",
-            busybox_image,
-            "sh",
-            "-c",
-            "mkdir -p /data/sub && echo inside > /data/sub/f && chown 1000:1000 "
-            "/data/sub/f && exec sleep 1000",
-        )
+    run_detached(
+        sandbox,
+        "copier",
+        busybox_image,
+        "sh",
+        "-c",
+        "mkdir -p /data/sub && echo inside > /data/sub/f && chown 1000:1000 "
+        "/data/sub/f && exec sleep 1000",
     )
     until(
         lambda: sandbox("exec", "copier", "test", "-e", "/data/sub/f").returncode == 0,
@@ -447,19 +364,13 @@ def test_cp_never_writes_through_a_symlink_out_of_the_root(
     """CVE-2018-15664 class: a container's symlink must not lead `cp` onto the host."""
     target = tmp_path / "host-target"
     target.mkdir()
-    ok(
-        sandbox(
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "--name",
-            "symlinker",
-            busybox_image,
-            "sh",
-            "-c",
-            f"ln -s {target} /abs && ln -s ../../../../../../{target} /rel && exec sleep 1000",
-        )
+    run_detached(
+        sandbox,
+        "symlinker",
+        busybox_image,
+        "sh",
+        "-c",
+        f"ln -s {target} /abs && ln -s ../../../../../../{target} /rel && exec sleep 1000",
     )
     until(
         lambda: sandbox("exec", "symlinker", "test", "-L", "/rel").returncode == 0, "the symlinks"
@@ -537,20 +448,14 @@ def test_attach_relays_both_ways_and_exits_with_the_container(
     sandbox_env: SandboxEnv, busybox_image: str
 ) -> None:
     run = sandbox_env.run
-    ok(
-        run(
-            "run",
-            "-d",
-            "-i",
-            "--network",
-            "none",
-            "--name",
-            "attached",
-            busybox_image,
-            "sh",
-            "-c",
-            "read line; echo got=$line; echo err=$line >&2; exit 5",
-        )
+    run_detached(
+        run,
+        "attached",
+        "-i",
+        busybox_image,
+        "sh",
+        "-c",
+        "read line; echo got=$line; echo err=$line >&2; exit 5",
     )
     attacher = subprocess.Popen(
         [*sandbox_env.argv_prefix(), "attach", "attached"],
@@ -613,20 +518,7 @@ def test_commit_makes_an_image_of_the_changes(sandbox: Run, busybox_image: str) 
 
 
 def test_exec_into_a_container_with_init(sandbox: Run, busybox_image: str) -> None:
-    ok(
-        sandbox(
-            "run",
-            "-d",
-            "--init",
-            "--network",
-            "none",
-            "--name",
-            "with-init",
-            busybox_image,
-            "sleep",
-            "1000",
-        )
-    )
+    run_detached(sandbox, "with-init", "--init", busybox_image, "sleep", "1000")
     out = ok(sandbox("exec", "with-init", "sh", "-c", "cat /proc/2/cmdline | tr '\\0' ' '"))
     assert out.strip() == "sleep 1000"
     ok(sandbox("rm", "-f", "with-init"))
@@ -637,20 +529,7 @@ def test_restart_prune_and_pause_without_a_freezer(
 ) -> None:
     run = fresh_sandbox_env.run
     ok(run("image", "import", busybox_tarball, "bb"))
-    ok(
-        run(
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "--name",
-            "again",
-            "bb",
-            "sh",
-            "-c",
-            "echo started; exec sleep 1000",
-        )
-    )
+    run_detached(run, "again", "bb", "sh", "-c", "echo started; exec sleep 1000")
     (before,) = _ps(run)
     ok(run("restart", "-t", "0", "again"))
     (after,) = _ps(run)

@@ -19,7 +19,7 @@ import pytest
 
 from sandbox.runtime import logs
 from tests import helpers
-from tests.helpers import SandboxEnv, ok, until
+from tests.helpers import SandboxEnv, ok, run_detached, until
 
 pytestmark = pytest.mark.needs("userns", "subids", "newuidmap")
 
@@ -79,9 +79,7 @@ def _expected_exe(env: SandboxEnv, monitor: str, pid: int) -> None:
 @pytest.mark.needs("native_monitor")
 def test_idle_native_monitor_is_small(sandbox_env: SandboxEnv, busybox_image: str) -> None:
     run = sandbox_env.run
-    container_id = ok(
-        run("run", "-d", "--network", "none", "--name", "idle", busybox_image, "sleep", "1000")
-    ).strip()
+    container_id = run_detached(run, "idle", busybox_image, "sleep", "1000")
     record = _record(sandbox_env, container_id)
     monitor_pid, pid1 = int(str(record["monitor_pid"])), int(str(record["pid"]))
     _expected_exe(sandbox_env, "native", monitor_pid)
@@ -106,21 +104,7 @@ def test_logs_and_attach_round_trip(
         "read line; echo got=$line; echo err=$line >&2; "
         f"head -c {LONG} /dev/zero | tr '\\0' x; echo; printf tail; exit 3"
     )
-    container_id = ok(
-        run(
-            "run",
-            "-d",
-            "-i",
-            "--network",
-            "none",
-            "--name",
-            name,
-            busybox_image,
-            "sh",
-            "-c",
-            script,
-        )
-    ).strip()
+    container_id = run_detached(run, name, "-i", busybox_image, "sh", "-c", script)
     record = _record(sandbox_env, container_id)
     _expected_exe(sandbox_env, monitor, int(str(record["monitor_pid"])))
     attacher = subprocess.Popen(
@@ -159,22 +143,16 @@ def test_restart_on_failure_runs_three_times(
     sandbox_env: SandboxEnv, run: Run, monitor: str, busybox_image: str
 ) -> None:
     name = f"flaky-{monitor}"
-    container_id = ok(
-        run(
-            "run",
-            "-d",
-            "--restart",
-            "on-failure:2",
-            "--network",
-            "none",
-            "--name",
-            name,
-            busybox_image,
-            "sh",
-            "-c",
-            "echo attempt; sleep 0.2; exit 4",
-        )
-    ).strip()
+    container_id = run_detached(
+        run,
+        name,
+        "--restart",
+        "on-failure:2",
+        busybox_image,
+        "sh",
+        "-c",
+        "echo attempt; sleep 0.2; exit 4",
+    )
     monitor_pid = int(str(_record(sandbox_env, container_id)["monitor_pid"]))
     until(lambda: ok(run("logs", name)).count("attempt") == 3, "three attempts")
     assert ok(run("wait", name)).strip() == "4"
@@ -204,9 +182,7 @@ def test_exit_by_signal_and_oom_are_recorded(
     sandbox_env: SandboxEnv, run: Run, monitor: str, busybox_image: str
 ) -> None:
     name = f"killed-{monitor}"
-    container_id = ok(
-        run("run", "-d", "--network", "none", "--name", name, busybox_image, "sleep", "1000")
-    ).strip()
+    container_id = run_detached(run, name, busybox_image, "sleep", "1000")
     ok(run("kill", name))
     assert ok(run("wait", name)).strip() == "137"
     record = _record(sandbox_env, container_id)
@@ -369,23 +345,17 @@ def test_attach_stays_connected_across_restarts(
     sandbox_env: SandboxEnv, run: Run, monitor: str, busybox_image: str
 ) -> None:
     name = f"reattached-{monitor}"
-    container_id = ok(
-        run(
-            "run",
-            "-d",
-            "-i",
-            "--restart",
-            "on-failure:1",
-            "--network",
-            "none",
-            "--name",
-            name,
-            busybox_image,
-            "sh",
-            "-c",
-            "read line; echo out=$line; exit 2",
-        )
-    ).strip()
+    container_id = run_detached(
+        run,
+        name,
+        "-i",
+        "--restart",
+        "on-failure:1",
+        busybox_image,
+        "sh",
+        "-c",
+        "read line; echo out=$line; exit 2",
+    )
     _expected_exe(sandbox_env, monitor, int(str(_record(sandbox_env, container_id)["monitor_pid"])))
     attacher = subprocess.Popen(
         [*sandbox_env.argv_prefix(), "attach", name],
@@ -454,23 +424,17 @@ def test_a_monitor_program_that_cannot_exec_falls_back_to_python(
     assert program is not None, why
     program.write_bytes(b"\x7fELF but not really")  # ours, executable, and ENOEXEC
     ok(env.run("image", "import", busybox_tarball, "bb"))
-    container_id = ok(
-        env.run(
-            "run",
-            "-d",
-            "-i",
-            "--restart",
-            "on-failure:1",
-            "--network",
-            "none",
-            "--name",
-            "fallback",
-            "bb",
-            "sh",
-            "-c",
-            "read line; echo out=$line; exit 2",
-        )
-    ).strip()
+    container_id = run_detached(
+        env.run,
+        "fallback",
+        "-i",
+        "--restart",
+        "on-failure:1",
+        "bb",
+        "sh",
+        "-c",
+        "read line; echo out=$line; exit 2",
+    )
     attacher = subprocess.Popen(
         [*env.argv_prefix(), "attach", "fallback"],
         env=env.env,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.rootless.idmap import SUBUID, read_subids
-from tests.helpers import SandboxEnv, ok
+from tests.helpers import SandboxEnv, ok, run_detached
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -230,21 +230,7 @@ def test_umask_is_the_containers_not_the_callers(sandbox: Run, busybox_image: st
     assert out.split() == ["0027", "640", "750"]
     # exec'd processes take the container's mask too.
     name = "umask-exec"
-    ok(
-        sandbox(
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "--name",
-            name,
-            "--umask",
-            "0077",
-            busybox_image,
-            "sleep",
-            "60",
-        )
-    )
+    run_detached(sandbox, name, "--umask", "0077", busybox_image, "sleep", "60")
     try:
         assert ok(sandbox("exec", name, "sh", "-c", "umask")).strip() == "0077"
     finally:
