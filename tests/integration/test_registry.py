@@ -225,11 +225,9 @@ def test_corrupt_layer_data_with_the_right_digest_fails_cleanly(
     ]
 
 
-def test_pull_killed_midway_then_repeated_succeeds(
-    fresh_sandbox_env: SandboxEnv, big_in_registry: str
-) -> None:
-    env = fresh_sandbox_env
-    argv = [sys.executable, "-m", "sandbox", "pull", big_in_registry, "--tls-verify=false"]
+def _pull_under_way(env: SandboxEnv, ref: str) -> subprocess.Popen[str]:
+    """`sandbox pull REF` in a session of its own, returned once its first blob is coming."""
+    argv = [sys.executable, "-m", "sandbox", "pull", ref, "--tls-verify=false"]
     process = subprocess.Popen(
         argv,
         env=env.env,
@@ -240,10 +238,18 @@ def test_pull_killed_midway_then_repeated_succeeds(
         start_new_session=True,
     )
     assert process.stderr is not None
+    for line in process.stderr:
+        if line.startswith("Copying blob"):
+            break
+    return process
+
+
+def test_pull_killed_midway_then_repeated_succeeds(
+    fresh_sandbox_env: SandboxEnv, big_in_registry: str
+) -> None:
+    env = fresh_sandbox_env
+    process = _pull_under_way(env, big_in_registry)
     try:
-        for line in process.stderr:
-            if line.startswith("Copying blob"):
-                break
         os.killpg(process.pid, signal.SIGKILL)
     finally:
         process.wait(timeout=60)
@@ -263,21 +269,8 @@ def test_pull_interrupted_midway_exits_130_and_leaves_nothing(
     """Ctrl-C while layers download and unpack at once: the downloads are cancelled, every
     thread and the unpacking process end, and the store holds nothing of the pull."""
     env = fresh_sandbox_env
-    argv = [sys.executable, "-m", "sandbox", "pull", big_in_registry, "--tls-verify=false"]
-    process = subprocess.Popen(
-        argv,
-        env=env.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    assert process.stderr is not None
+    process = _pull_under_way(env, big_in_registry)
     try:
-        for line in process.stderr:
-            if line.startswith("Copying blob"):
-                break
         os.killpg(process.pid, signal.SIGINT)
         _, err = process.communicate(timeout=60)
     finally:
