@@ -119,7 +119,7 @@ def _monitor(
         | ({stdin_w} if stdin_w is not None else set())
     )
     listener = _listen(cdir / ATTACH)
-    record = store.update(record, monitor_pid=os.getpid())
+    # container.start records our pid as monitor_pid with PID 1's (one record write).
     if program is not None:
         session = Session(store, spec, record.id, program, stdin_w, listener, [])
         try:
