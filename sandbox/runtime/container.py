@@ -325,6 +325,7 @@ def start(
                 started_at=state.now(),
                 # Whoever records the exit: this process (`run`, or a detached monitor).
                 monitor_pid=os.getpid(),
+                ports=tuple(map(str, spec.network.ports)),
             )
             channel.send("reparented")
             if spec.process.terminal:
@@ -334,8 +335,6 @@ def start(
             helper = network.start(spec.network, pid1, store.dir(spec.id), runtime_root())
             if attachment is not None:  # eth0 on the network's bridge, ports, peers' hosts
                 networks.connect(attachment, runtime_root(), pid1)
-            if spec.network.ports:
-                record = store.update(record, ports=tuple(map(str, spec.network.ports)))
             channel.send("start")
             parent.wait_for_exec(channel)
         finally:
