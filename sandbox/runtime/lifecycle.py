@@ -124,21 +124,11 @@ def wait_recorded(store: ContainerStore, c: Container, timeout: float = 10) -> C
             current = store.lookup(c.id)
         except SandboxError:
             return dataclasses.replace(c, status="exited")
-        monitor_alive = current.monitor_pid > 0 and _pid_exists(current.monitor_pid)
+        monitor_alive = current.monitor_pid > 0 and state.pid_exists(current.monitor_pid)
         recorded = current.finished_at is not None and current.finished_at != c.finished_at
         if recorded or not monitor_alive or time.monotonic() > deadline:
             return current
         time.sleep(POLL)
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def wait(settings: Settings, name_or_id: str) -> int | None:
@@ -148,7 +138,7 @@ def wait(settings: Settings, name_or_id: str) -> int | None:
     while True:
         if c.status == "running":
             c = wait_recorded(store, c, timeout=3600 * 24 * 365)
-        elif c.exit_code is None and c.monitor_pid > 0 and _pid_exists(c.monitor_pid):
+        elif c.exit_code is None and c.monitor_pid > 0 and state.pid_exists(c.monitor_pid):
             # PID 1 gone and its monitor still writing the exit down: reads show "exited"
             # with no code yet. Bounded: that pid may belong to another process by now.
             c = wait_recorded(store, c, timeout=10)

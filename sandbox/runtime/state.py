@@ -103,15 +103,18 @@ def abandoned(c: Container) -> bool:
     killed monitor; PID 1 died with it through PDEATHSIG)."""
     if not c.remove or c.status != "exited" or c.finished_at is not None:
         return False  # not --rm, still running, or its exit was recorded (removal under way)
-    if c.monitor_pid <= 0:
-        return True
+    return c.monitor_pid <= 0 or not pid_exists(c.monitor_pid)
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether a process has this pid (another user's counts: maybe a reused pid)."""
     try:
-        os.kill(c.monitor_pid, 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return True
+        return False
     except PermissionError:
-        pass  # someone else's process now: a reused pid, or ours under another uid
-    return False
+        return True
+    return True
 
 
 class ContainerStore:
