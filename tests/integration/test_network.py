@@ -253,7 +253,10 @@ def test_port_in_use_fails_before_the_container_starts(sandbox: Run, busybox_ima
 def test_privileged_host_port_names_the_sysctl(sandbox: Run, busybox_image: str) -> None:
     lowest = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
     if lowest <= 1:
-        pytest.skip("every port is unprivileged on this host")
+        pytest.skip(
+            f"net.ipv4.ip_unprivileged_port_start is {lowest} here, so no port is refused; "
+            "set it to 1024 (its default) to run this test"
+        )
     done = sandbox("run", "--rm", "-p", f"{lowest - 1}:80", busybox_image, "true")
     assert done.returncode == 125
     assert "net.ipv4.ip_unprivileged_port_start" in done.stderr
