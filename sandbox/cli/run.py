@@ -71,8 +71,8 @@ def register(app: typer.Typer) -> None:
             None,
             "--network",
             "--net",
-            help="slirp4netns[:allow_host_loopback=true] (default where installed), pasta, "
-            "none or host.",
+            help="slirp4netns[:allow_host_loopback=true,mtu=N] (default where installed), "
+            "pasta, none, host, a network's NAME or container:NAME.",
         ),
         publish: list[str] = typer.Option(
             [], "--publish", "-p", help="Publish [IP:][HOSTPORT:]PORT[/udp]; ranges allowed."

@@ -2,7 +2,7 @@
 and the helper process (slirp4netns or pasta) that gives a network namespace its way out.
 
 Modes: "slirp4netns" (the default where it is installed: it needs no privilege and keeps the
-host's loopback closed unless asked), "pasta" (passt's namespace mode; faster at large MTU),
+host's loopback closed unless asked), "pasta" (passt's namespace mode; faster),
 "none" (loopback only) and "host" (no network namespace of its own).
 
 The helper runs outside the container, as the calling user, and joins the container's user and
@@ -42,7 +42,17 @@ MODES = ("slirp4netns", "pasta", "none", "host")
 # mode "container". Both run under the rootless netns holder's user namespace.
 NAMED_MODES = ("bridge", "container")
 _NETWORK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-MTU = 65520
+# slirp4netns's link MTU. libslirp's TCP does not scale its window (RFC 7323), so it lets the
+# container have at most 65535 bytes in flight: at podman's MTU of 65520 that is a single
+# segment, and the container's TCP waits for slirp4netns's ACK after each one (stop and wait,
+# ~1.4 Gbit/s container->host here). At 16384 four segments fit the window, so slirp4netns
+# works on one while the next arrives (~5.5 Gbit/s here; host->container is unchanged, ~6.5).
+# slirp4netns#284 reports the same. Measured in benchmarks/bench.py, scenario 4.
+SLIRP4NETNS_MTU = 16384
+# pasta scales its window: the largest frame is the fastest (~15 Gbit/s here).
+PASTA_MTU = 65520
+# IPv4's minimum, and slirp4netns's maximum.
+MTU_MIN, MTU_MAX = 68, 65521
 SLIRP_GUEST = "10.0.2.100"
 SLIRP_DNS = "10.0.2.3"
 # pasta answers DNS queries sent to this address with the host's resolver (podman's choice).
@@ -95,6 +105,8 @@ class NetworkConfig:
 
     mode: str
     allow_host_loopback: bool = False
+    # slirp4netns:mtu=N; 0 is the helper's own default (link_mtu).
+    mtu: int = 0
     ports: tuple[PortMapping, ...] = ()
     dns: tuple[str, ...] = ()
     dns_search: tuple[str, ...] = ()
@@ -120,6 +132,11 @@ class NetworkConfig:
     def helper(self) -> str | None:
         return self.mode if self.mode in ("slirp4netns", "pasta") else None
 
+    @property
+    def link_mtu(self) -> int:
+        """The MTU of the link to the helper (tap0, or pasta's copy of the host's interface)."""
+        return self.mtu or (PASTA_MTU if self.mode == "pasta" else SLIRP4NETNS_MTU)
+
 
 # A container with only its loopback: what a spec loaded from an older record means.
 NO_NETWORK = NetworkConfig("none")
@@ -137,33 +154,42 @@ def default_mode() -> str:
     return "none"
 
 
-def parse_network(text: str | None) -> tuple[str, bool]:
-    """--network MODE[:OPTION=VALUE,...] -> (mode, allow_host_loopback); a network's NAME or
-    container:NAME -> ("bridge" or "container", False)."""
+def parse_network(text: str | None) -> tuple[str, bool, int]:
+    """--network MODE[:OPTION=VALUE,...] -> (mode, allow_host_loopback, mtu or 0); a network's
+    NAME or container:NAME -> ("bridge" or "container", False, 0)."""
     if text is None:
-        return default_mode(), False
+        return default_mode(), False, 0
     mode, _, raw_options = text.partition(":")
     if mode == "container" and _NETWORK_NAME_RE.match(raw_options):
-        return "container", False
+        return "container", False, 0
     if mode not in (*MODES, *NAMED_MODES) and not raw_options and _NETWORK_NAME_RE.match(mode):
-        return "bridge", False
+        return "bridge", False, 0
     if mode not in MODES:
         raise UsageError(
             f"invalid --network {text!r}",
             hint=f"use one of: {', '.join(MODES)} (slirp4netns:allow_host_loopback=true "
             "opens 10.0.2.2 to the host's 127.0.0.1)",
         )
-    allow = False
+    allow, mtu = False, 0
     for option in filter(None, raw_options.split(",")):
         key, _, value = option.partition("=")
         if mode == "slirp4netns" and key == "allow_host_loopback" and value in ("true", "false"):
             allow = value == "true"
+        elif mode == "slirp4netns" and key == "mtu" and _parse_mtu(value):
+            mtu = _parse_mtu(value)
         else:
             raise UsageError(
                 f"invalid --network option {option!r} for {mode}",
-                hint="supported: slirp4netns:allow_host_loopback=true|false",
+                hint="supported: slirp4netns:allow_host_loopback=true|false,"
+                f"mtu={MTU_MIN}-{MTU_MAX} (default {SLIRP4NETNS_MTU})",
             )
-    return mode, allow
+    return mode, allow, mtu
+
+
+def _parse_mtu(text: str) -> int:
+    """A valid MTU's value, or 0."""
+    value = int(text) if text.isdigit() else 0
+    return value if MTU_MIN <= value <= MTU_MAX else 0
 
 
 def _port_range(text: str, what: str, spec: str) -> tuple[int, int]:
@@ -248,7 +274,7 @@ def build(
 ) -> NetworkConfig:
     """Validate the network options together; nothing is started or bound here (host names
     in --egress-allow are resolved here, on the host)."""
-    mode, allow = parse_network(network)
+    mode, allow, mtu = parse_network(network)
     if egress_allow and mode == "host":
         raise UsageError(
             "--egress-allow needs a network namespace of the container's own",
@@ -291,6 +317,7 @@ def build(
         mode=mode,
         name={"bridge": network, "container": (network or "")[10:]}.get(mode, "") or "",
         allow_host_loopback=allow,
+        mtu=mtu,
         ports=tuple(ports),
         dns=tuple(dns),
         dns_search=tuple(dns_search),
@@ -611,15 +638,20 @@ def _api_socket_path(state_dir: Path, runtime_dir: Path) -> Path:
 
 
 def _slirp4netns_argv(
-    pid: int, interface: str, api: Path, ready_w: int, exit_r: int, allow_host_loopback: bool
+    pid: int,
+    interface: str,
+    api: Path,
+    ready_w: int,
+    exit_r: int,
+    allow_host_loopback: bool,
+    mtu: int = SLIRP4NETNS_MTU,
 ) -> list[str]:
-    # podman's options (4.3, rootless) but for --enable-ipv6 (no IPv6 way out here), plus an
-    # API socket (published ports); slirp4netns moves as many bytes per CPU-second for either
-    # (benchmarks/bench.py, scenario 4).
+    # podman's options (4.3, rootless) but for the MTU (see SLIRP4NETNS_MTU) and --enable-ipv6
+    # (no IPv6 way out here), plus an API socket (published ports).
     argv = [
         _program("slirp4netns"),
         "--configure",
-        f"--mtu={MTU}",
+        f"--mtu={mtu}",
         "--enable-sandbox",
         "--enable-seccomp",
         f"--api-socket={api}",
@@ -659,6 +691,7 @@ def launch_slirp4netns(
     exit_r: int,
     *,
     allow_host_loopback: bool = False,
+    mtu: int = SLIRP4NETNS_MTU,
     what: str = "the container's network",
 ) -> subprocess.Popen[bytes]:
     """slirp4netns against pid's network namespace, as our child, running once it says it is
@@ -669,7 +702,7 @@ def launch_slirp4netns(
     """
     ready_r, ready_w = os.pipe()
     try:
-        argv = _slirp4netns_argv(pid, interface, api, ready_w, exit_r, allow_host_loopback)
+        argv = _slirp4netns_argv(pid, interface, api, ready_w, exit_r, allow_host_loopback, mtu)
         process = _popen_slirp4netns(argv, log_path, (ready_w, exit_r))
     except BaseException as e:
         os.close(ready_r)
@@ -770,6 +803,7 @@ def _start_slirp4netns(
             state_dir / "slirp4netns.log",
             exit_r,
             allow_host_loopback=config.allow_host_loopback,
+            mtu=config.link_mtu,
         )
     except BaseException:
         os.close(exit_w)
@@ -868,7 +902,8 @@ def _start_pasta(config: NetworkConfig, pid: int, state_dir: Path) -> Helper:
     program = _program("pasta")
     pid_file = state_dir / "pasta.pid"
     log_path = state_dir / "pasta.log"
-    argv = [program, "--config-net", "--quiet", "--foreground", "--mtu", str(MTU), "--no-map-gw"]
+    argv = [program, "--config-net", "--quiet", "--foreground", "--mtu", str(config.link_mtu)]
+    argv += ["--no-map-gw"]
     argv += ["--dns-forward", PASTA_DNS, "--pid", str(pid_file)]
     tcp = [p for p in config.ports if p.protocol == "tcp"]
     udp = [p for p in config.ports if p.protocol == "udp"]

@@ -187,6 +187,64 @@ def test_host_loopback_is_reachable_only_with_allow_host_loopback(
     assert "host-says-hi" in ok(opened)
 
 
+@contextlib.contextmanager
+def _host_sink(size: int) -> Iterator[tuple[int, list[bytes]]]:
+    """A TCP server on the host's 127.0.0.1 that reads `size` bytes from one client, then
+    closes; what it read lands in the list."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(60)
+    received: list[bytes] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(60)
+                chunks, left = [], size
+                while left > 0 and (chunk := conn.recv(min(left, 1 << 20))):
+                    chunks.append(chunk)
+                    left -= len(chunk)
+                received.append(b"".join(chunks))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(server.getsockname()[1]), received
+    finally:
+        thread.join(timeout=90)
+        server.close()
+
+
+@pytest.mark.needs("slirp4netns", "tun")
+@pytest.mark.parametrize(("option", "mtu"), [("", "16384"), (",mtu=9000", "9000")])
+def test_bulk_tcp_to_the_host_crosses_the_slirp4netns_link_intact(
+    sandbox: Run, busybox_image: str, option: str, mtu: str
+) -> None:
+    # 8 MiB container -> host: many full segments at the link's MTU, through libslirp's TCP.
+    size = 8 << 20
+    expected = (b"0123456789abcde\n" * (size // 16 + 1))[:size]
+    with _host_sink(size) as (port, received):
+        out = ok(
+            sandbox(
+                "run", "--rm", "--network", f"slirp4netns:allow_host_loopback=true{option}",
+                busybox_image, "sh", "-c",
+                f"cat /sys/class/net/tap0/mtu; yes 0123456789abcde | head -c {size} "
+                f"| nc 10.0.2.2 {port}",
+            )
+        )  # fmt: skip
+    assert out.split() == [mtu]
+    assert received == [expected]
+
+
+@pytest.mark.needs("slirp4netns", "tun")
+def test_a_bad_mtu_is_refused_before_anything_starts(sandbox: Run, busybox_image: str) -> None:
+    result = sandbox("run", "--rm", "--network", "slirp4netns:mtu=70000", busybox_image, "true")
+    assert result.returncode == 125
+    assert "invalid --network option 'mtu=70000'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert ok(sandbox("ps", "-a")).splitlines()[1:] == []
+
+
 def test_network_none_has_only_loopback(sandbox: Run, busybox_image: str) -> None:
     out = ok(sandbox("run", "--rm", "--network", "none", busybox_image, "ls", "/sys/class/net"))
     assert out.split() == ["lo"]
@@ -208,7 +266,7 @@ def test_default_network_has_a_tap_and_dns_forwarder(sandbox: Run, busybox_image
         )
     )  # fmt: skip
     assert "tap0" in out.split()
-    assert "65520" in out.split()
+    assert "16384" in out.split()  # network.SLIRP4NETNS_MTU
     assert "nameserver 10.0.2.3" in out
     assert "search example.test" in out
     assert "10.0.2.50\tdb.internal" in out

@@ -16,21 +16,44 @@ UPSTREAMS = "nameserver 198.51.100.1\nnameserver 127.0.0.1\n"
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("none", ("none", False)),
-        ("host", ("host", False)),
-        ("pasta", ("pasta", False)),
-        ("slirp4netns", ("slirp4netns", False)),
-        ("slirp4netns:allow_host_loopback=true", ("slirp4netns", True)),
+        ("none", ("none", False, 0)),
+        ("host", ("host", False, 0)),
+        ("pasta", ("pasta", False, 0)),
+        ("slirp4netns", ("slirp4netns", False, 0)),
+        ("slirp4netns:allow_host_loopback=true", ("slirp4netns", True, 0)),
+        ("slirp4netns:mtu=9000,allow_host_loopback=false", ("slirp4netns", False, 9000)),
+        ("slirp4netns:mtu=68", ("slirp4netns", False, 68)),
+        ("slirp4netns:mtu=65521", ("slirp4netns", False, 65521)),
     ],
 )
-def test_parse_network(text: str, expected: tuple[str, bool]) -> None:
+def test_parse_network(text: str, expected: tuple[str, bool, int]) -> None:
     assert network.parse_network(text) == expected
 
 
-@pytest.mark.parametrize("text", ["bridge", "pasta:allow_host_loopback=true", "slirp4netns:x=1"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "bridge",
+        "pasta:allow_host_loopback=true",
+        "slirp4netns:x=1",
+        "slirp4netns:mtu=67",
+        "slirp4netns:mtu=65522",
+        "slirp4netns:mtu=-1",
+        "slirp4netns:mtu=",
+        "slirp4netns:mtu=9k",
+        "pasta:mtu=9000",
+    ],
+)
 def test_parse_network_rejects(text: str) -> None:
     with pytest.raises(UsageError):
         network.parse_network(text)
+
+
+def test_link_mtu_is_each_helpers_default_unless_given() -> None:
+    # libslirp's unscaled 64 KiB window must hold several segments (network.SLIRP4NETNS_MTU).
+    assert NetworkConfig("slirp4netns").link_mtu * 4 <= 65535 + 4 * 40
+    assert NetworkConfig("slirp4netns", mtu=9000).link_mtu == 9000
+    assert NetworkConfig("pasta").link_mtu == 65520
 
 
 def test_default_is_slirp4netns_where_installed(monkeypatch: pytest.MonkeyPatch) -> None:
