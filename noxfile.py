@@ -50,9 +50,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the sandbox package."""
+    """mypy --strict on the sandbox package and the benchmarks."""
     _install(session)
-    session.run("mypy", "--strict", "sandbox")
+    session.run("mypy", "--strict", "sandbox", "benchmarks")
 
 
 @nox.session(venv_backend="none" if IS_ROOT else None)

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import importlib.util
 import os
 import platform
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import tools  # noqa: E402
 from benchmarks.tools import BenchError, Bwrap, Podman, Sandbox  # noqa: E402
+from sandbox.runtime.network import SLIRP4NETNS_MTU  # noqa: E402
 
 REPO = tools.REPO
 DOC = REPO / "docs" / "benchmarks.md"
@@ -144,21 +146,22 @@ def scenario_run(b: Bench, images: dict[str, tuple[Path, Path | None]]) -> None:
     """1. run --rm IMAGE true, no network (so it measures creation), busybox and Debian."""
     sandbox_median: dict[str, float] = {}
     for image, (_tarball, rootfs) in images.items():
+        # functools.partial binds this image (a lambda would see the loop's last one).
         variants: dict[str, Callable[[], float]] = {
-            "sandbox": lambda image=image: tools.timed(
-                b.sandbox.cmd("run", "--rm", "--network", "none", image, "true"), b.sandbox.env
+            "sandbox": functools.partial(
+                tools.timed,
+                b.sandbox.cmd("run", "--rm", "--network", "none", image, "true"),
+                b.sandbox.env,
             )
         }
         if b.podman is not None:
-            podman = b.podman
-            variants["podman"] = lambda image=image, podman=podman: tools.timed(
-                podman.cmd("run", "--rm", "--network", "none", image, "true"), podman.env
+            variants["podman"] = functools.partial(
+                tools.timed,
+                b.podman.cmd("run", "--rm", "--network", "none", image, "true"),
+                b.podman.env,
             )
         if b.bwrap is not None and rootfs is not None:
-            bwrap = b.bwrap
-            variants["bwrap"] = lambda rootfs=rootfs, bwrap=bwrap: tools.timed(
-                bwrap.cmd(rootfs, "true")
-            )
+            variants["bwrap"] = functools.partial(tools.timed, b.bwrap.cmd(rootfs, "true"))
         figures = medians(alternate(variants, b.runs, b.warmup))
         ms = {tool: v * 1000 for tool, v in figures.items()}
         sandbox_median[image] = ms["sandbox"]
@@ -362,39 +365,52 @@ def scenario_throughput(b: Bench) -> None:
         port = _free_port()
         client = tools.iperf3_argv("/iperf", "-c", "10.0.2.2", "-p", str(port), *timing)
         network = "slirp4netns:allow_host_loopback=true"
-        engines: list[Sandbox | Podman] = [b.sandbox] + ([b.podman] if b.podman else [])
-        # Per engine: bits sent per CPU-second of its slirp4netns, each round: the work the
-        # engine's set-up makes the helper do per bit. The rate itself is bound by neither
-        # engine's CPU here (slirp4netns uses 15-25% of one) but by the wake-ups between the
-        # client, slirp4netns and the server, so it varies from round to round.
-        efficiency: dict[str, list[float]] = {engine.name: [] for engine in engines}
+        # Each engine with its own default MTU (sandbox 16384, podman 65520), and podman once
+        # more at sandbox's MTU: that row shows how much of the difference is the MTU alone.
+        containers: list[tuple[str, Sandbox | Podman, str]] = [("sandbox", b.sandbox, network)]
+        if b.podman:
+            containers.append(("podman", b.podman, network))
+            containers.append(
+                (
+                    f"podman mtu={SLIRP4NETNS_MTU}",
+                    b.podman,
+                    f"{network},mtu={SLIRP4NETNS_MTU}",
+                )
+            )
+        # Per container: bits sent per CPU-second of its slirp4netns, each round: the work the
+        # engine's set-up makes the helper do per bit.
+        efficiency: dict[str, list[float]] = {label: [] for label, _, _ in containers}
         with contextlib.ExitStack() as stack:
             variants: dict[str, Callable[[], float]] = {}
-            for engine in engines:
+            for index, (label, engine, option) in enumerate(containers):
+                name = f"benchnet{index}"
                 pid1 = stack.enter_context(
-                    _detached(engine, "benchnet", "--network", network, "-v", volume)
+                    _detached(engine, name, "--network", option, "-v", volume)
                 )
                 try:
                     helper: int | None = tools.process_with_argument(
-                        ("slirp4netns",), _netns_argument(engine, pid1)
+                        ("slirp4netns",), _netns_argument(engine, name, pid1)
                     )
                 except BenchError as e:  # then no efficiency row, but still the throughput
-                    print(f"  {engine.name}: {e}", flush=True)
+                    print(f"  {label}: {e}", flush=True)
                     helper = None
 
                 def measure(
-                    engine: Sandbox | Podman = engine, helper: int | None = helper
+                    label: str = label,
+                    engine: Sandbox | Podman = engine,
+                    name: str = name,
+                    helper: int | None = helper,
                 ) -> float:
-                    argv = engine.cmd("exec", "benchnet", *client)
+                    argv = engine.cmd("exec", name, *client)
                     cpu = tools.cpu_seconds(helper) if helper else 0.0
                     out = tools.run(argv, engine.env).stdout
                     if helper:
                         cpu = tools.cpu_seconds(helper) - cpu
                         bits = tools.bits_sent(out)
-                        efficiency[engine.name].append(bits / 1e9 / max(cpu, 0.01))
+                        efficiency[label].append(bits / 1e9 / max(cpu, 0.01))
                     return tools.throughput(out)
 
-                variants[engine.name] = measure
+                variants[label] = measure
             with _iperf_server(port):
                 samples = alternate(variants, runs, 1)
         _print_spread(samples)
@@ -415,7 +431,7 @@ def scenario_throughput(b: Bench) -> None:
         )
         # The warm-up round's figures are left out, as alternate() leaves out its throughput.
         efficiency = {tool: values[-runs:] for tool, values in efficiency.items() if values}
-        if len(efficiency) == len(engines):
+        if len(efficiency) == len(containers):
             _print_spread(efficiency)
             b.add(
                 Row(
@@ -504,10 +520,10 @@ def scenario_throughput(b: Bench) -> None:
         b.add(Row("4", what, medians(per_cpu), "Gbit/CPU-s", runs))
 
 
-def _netns_argument(engine: Sandbox | Podman, pid1: int) -> str:
+def _netns_argument(engine: Sandbox | Podman, name: str, pid1: int) -> str:
     """What names the container's network namespace on its slirp4netns's command line."""
     if isinstance(engine, Podman):
-        inspect = engine.cmd("inspect", "--format", "{{.NetworkSettings.SandboxKey}}", "benchnet")
+        inspect = engine.cmd("inspect", "--format", "{{.NetworkSettings.SandboxKey}}", name)
         return tools.run(inspect, engine.env).stdout.strip()
     return str(pid1)
 
