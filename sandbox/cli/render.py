@@ -37,16 +37,39 @@ def parse_time(text: str) -> datetime.datetime | None:
     return when
 
 
-def ago(text: str | None) -> str:
+def human_duration(seconds: float) -> str:
+    """podman's (go-units') wording of a duration: "1 second", "About a minute", "3 days"."""
+    if seconds < 1:
+        return "Less than a second"
+    if seconds < 60:
+        whole = int(seconds)
+        return f"{whole} second{'s' if whole != 1 else ''}"
+    minutes = int(seconds // 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(seconds / 3600)
+    if hours == 1:
+        return "About an hour"
+    for unit, size, below in (("hour", 1, 48), ("day", 24, 24 * 14), ("week", 24 * 7, 24 * 60)):
+        if hours < below:
+            return f"{hours // size} {unit}s"
+    if hours < 24 * 365 * 2:
+        return f"{hours // (24 * 30)} months"
+    return f"{hours // (24 * 365)} years"
+
+
+def _since(text: str | None) -> float | None:
     when = parse_time(text) if text else None
     if when is None:
-        return "unknown"
-    seconds = int((datetime.datetime.now(datetime.UTC) - when).total_seconds())
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            count = seconds // size
-            return f"{count} {unit}{'s' if count != 1 else ''} ago"
-    return f"{max(seconds, 0)} seconds ago"
+        return None
+    return max((datetime.datetime.now(datetime.UTC) - when).total_seconds(), 0.0)
+
+
+def ago(text: str | None) -> str:
+    seconds = _since(text)
+    return "unknown" if seconds is None else f"{human_duration(seconds)} ago"
 
 
 def command(args: Sequence[str], width: int = 30) -> str:
@@ -56,7 +79,8 @@ def command(args: Sequence[str], width: int = 30) -> str:
 
 def status(container: Container) -> str:
     if container.status == "running":
-        return f"Up {ago(container.started_at).removesuffix(' ago')}"
+        seconds = _since(container.started_at)
+        return "Up" if seconds is None else f"Up {human_duration(seconds)}"
     if container.status == "exited":
         code = "unknown" if container.exit_code is None else str(container.exit_code)
         return f"Exited ({code}) {ago(container.finished_at or container.created)}"

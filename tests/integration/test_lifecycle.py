@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -430,6 +431,8 @@ def test_ps_filters_and_templates(sandbox: Run, busybox_image: str) -> None:
         )
     )
     assert sorted(out.splitlines()) == ["filtered-a exited 0", "filtered-b exited 1"]
+    out = ok(sandbox("ps", "-a", "--filter", "name=filtered-b", "--format", "{{.Status}}"))
+    assert re.fullmatch(r"Exited \(1\) (Less than a second|1 second|\d+ seconds) ago\n", out)
     out = ok(sandbox("ps", "-a", "--filter", "name=filtered-b", "--format", "table {{.Names}}"))
     assert out.split() == ["NAMES", "filtered-b"]
     assert (
