@@ -196,6 +196,7 @@ def register(app: typer.Typer) -> None:
     app.command("images", help=_alias_help(image, "ls"))(ls)
     app.command("rmi", help=_alias_help(image, "rm"))(rm)
     app.command("tag", help=_alias_help(image, "tag"))(tag)
+    app.command("import", help=_alias_help(image, "import"))(import_)
 
 
 def _register_registry_commands(app: typer.Typer, image: typer.Typer) -> None:

@@ -97,6 +97,7 @@ COMMAND_MODULES = {
     "run": "run", "create": "run",
     "image": "images", "images": "images", "rmi": "images", "tag": "images", "pull": "images",
     "push": "images", "save": "images", "load": "images", "login": "images", "logout": "images",
+    "import": "images",
     "ps": "containers", "rm": "containers",
     "start": "lifecycle", "stop": "lifecycle", "kill": "lifecycle", "wait": "lifecycle",
     "restart": "lifecycle", "rename": "lifecycle", "exec": "lifecycle", "logs": "lifecycle",

@@ -53,7 +53,8 @@ def test_import_detects_compression_and_runs(
 
 def test_images_lists_json_and_quiet(fresh_sandbox_env: SandboxEnv, busybox_tarball: Path) -> None:
     run = fresh_sandbox_env.run
-    image_id = ok(run("image", "import", busybox_tarball, "example/tool:1.0")).strip()
+    # `import` is podman's top-level form of `image import`.
+    image_id = ok(run("import", busybox_tarball, "example/tool:1.0")).strip()
     table = ok(run("images"))
     assert "localhost/example/tool" in table and "1.0" in table and image_id[:12] in table
     assert ok(run("images", "-q")).split() == [image_id[:12]]
