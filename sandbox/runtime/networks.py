@@ -61,6 +61,9 @@ if TYPE_CHECKING:
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 RESERVED = (*network.MODES, *network.NAMED_MODES, "default", "private")
 UPLINK = "tap0"  # slirp4netns's interface in the holder's namespace
+# The bridge's and veths' MTU: the uplink's, so a container's segments cross to slirp4netns
+# whole (at the default 1500, TCP out of a named network ran at a tenth of the speed).
+MTU = network.SLIRP4NETNS_MTU
 DEFAULT_POOL = ipaddress.ip_network("10.89.0.0/16")
 SLIRP_NETWORK = ipaddress.ip_network("10.0.2.0/24")
 
@@ -651,12 +654,18 @@ def connect(att: Attachment, runtime_dir: Path, pid1: int) -> None:
         with IPRoute() as ip:
             found = ip.link_lookup(ifname=att.bridge)
             if not found:
-                ip.link("add", ifname=att.bridge, kind="bridge")
+                ip.link("add", ifname=att.bridge, kind="bridge", mtu=MTU)
                 found = ip.link_lookup(ifname=att.bridge)
                 ip.addr("add", index=found[0], address=att.gateway, prefixlen=att.prefix)
                 ip.link("set", index=found[0], state="up")
             veth = f"sbv{att.container_id[:12]}"
-            ip.link("add", ifname=veth, kind="veth", peer={"ifname": "eth0", "net_ns_fd": net_fd})
+            ip.link(
+                "add",
+                ifname=veth,
+                kind="veth",
+                mtu=MTU,
+                peer={"ifname": "eth0", "net_ns_fd": net_fd, "mtu": MTU},
+            )
             index = ip.link_lookup(ifname=veth)[0]
             ip.link("set", index=index, master=found[0], state="up")
         if forwards:

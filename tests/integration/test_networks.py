@@ -5,6 +5,7 @@ slirp4netns, and the network commands' errors."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -74,16 +75,21 @@ def test_containers_on_a_named_network_reach_each_other_by_name(
     sandbox: Run, busybox_image: str, net: str
 ) -> None:
     server = f"{net}-web"
+    # 8 MiB to fetch as well: many full frames at the bridge's MTU (networks.MTU).
+    serve = "mkdir -p /www && head -c 8388608 /dev/zero > /www/big && " + HTTPD.format(name="web")
     ok(sandbox("run", "-d", "--name", server, "--network", net, busybox_image,
-                "sh", "-c", HTTPD.format(name="web")))  # fmt: skip
+                "sh", "-c", serve))  # fmt: skip
     script = (
         "for i in $(seq 50); do wget -qO- http://" + server + "/ && break; sleep 0.1; done; "
-        "ip -4 addr show eth0; ip route"
+        "ip -4 addr show eth0; ip route; cat /sys/class/net/eth0/mtu; "
+        "wget -qO- http://" + server + "/big | md5sum"
     )
     out = ok(sandbox("run", "--rm", "--name", f"{net}-client", "--network", net,
                       busybox_image, "sh", "-c", script))  # fmt: skip
     assert "hello-from-web" in out
     assert "inet 10.89." in out and "default via 10.89." in out
+    assert "\n16384\n" in out  # the uplink's MTU, network.SLIRP4NETNS_MTU
+    assert hashlib.md5(bytes(8 << 20)).hexdigest() in out
 
 
 def test_hosts_files_are_rewritten_in_place_when_a_peer_joins_and_leaves(
