@@ -96,15 +96,30 @@ def _register_network(app: typer.Typer) -> None:
 
     @group.command(
         "rm",
-        help="Remove named networks (refused while containers use them). Removing the last "
-        "one stops the rootless network namespace.\n\nExamples:\n\n  sandbox network rm backend",
+        help="Remove named networks (refused while containers, running or not, use them; "
+        "-f removes those containers first). Removing the last one stops the rootless "
+        "network namespace.\n\nExamples:\n\n  sandbox network rm backend\n\n"
+        "  sandbox network rm -f backend",
     )
-    def rm(names: list[str] = typer.Argument(..., help="Network names.")) -> None:
+    def rm(
+        names: list[str] = typer.Argument(..., help="Network names."),
+        force: bool = typer.Option(
+            False, "--force", "-f", help="Remove the containers that use them (killed first)."
+        ),
+    ) -> None:
         from sandbox import config
-        from sandbox.runtime import networks
+        from sandbox.runtime import container, networks
+        from sandbox.runtime.state import ContainerStore
 
         settings = config.load()
+        store = ContainerStore(settings.containers_root)
         for name in names:
-            print(networks.remove(settings.data_root, config.runtime_root(), name).name)
+            networks.lookup(settings.data_root, name)  # a missing one: its error, not a scan
+            configured = networks.members(store, name)
+            if force:
+                for member in configured:
+                    container.remove(settings, member, force=True)
+                configured = []
+            print(networks.remove(settings.data_root, config.runtime_root(), name, configured).name)
 
     app.add_typer(group, name="network")

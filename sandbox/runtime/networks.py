@@ -214,17 +214,34 @@ def bridge_name(name: str) -> str:
     return "sbr" + hashlib.sha256(name.encode()).hexdigest()[:10]
 
 
-def remove(data_root: Path, runtime_dir: Path, name: str) -> Network:
-    """`sandbox network rm`: refused while containers use it; the last one stops the holder."""
+def members(store: ContainerStore, name: str) -> list[str]:
+    """Names of the containers, in any state, that join network NAME when they run."""
+    found = []
+    for container in store.list():
+        try:
+            config = store.load_spec(container.id).network
+        except ContainerError:
+            continue  # being created or removed right now
+        if config.mode == "bridge" and config.name == name:
+            found.append(container.name)
+    return found
+
+
+def remove(
+    data_root: Path, runtime_dir: Path, name: str, configured: list[str] | None = None
+) -> Network:
+    """`sandbox network rm`: refused while containers use it or are created to use it
+    (configured: `members`), as a later start would attach to a network that no longer
+    exists; the last one stops the holder."""
     net = lookup(data_root, name)
     directory = root(data_root)
     with _locked(directory / ".lock"), _locked(_netns_dir(runtime_dir) / ".lock"):
-        users = _live_leases(runtime_dir).get(name, {})
+        users = {lease["name"] for lease in _live_leases(runtime_dir).get(name, {}).values()}
+        users.update(configured or ())
         if users:
-            names = ", ".join(sorted(lease["name"] for lease in users.values()))
             raise UsageError(
-                f"network {name!r} is in use by container(s) {names}",
-                hint="stop or remove those containers first",
+                f"network {name!r} is in use by container(s) {', '.join(sorted(users))}",
+                hint="remove those containers first, or `sandbox network rm -f` removes them",
             )
         (directory / f"{name}.json").unlink()
         holder = _running_holder(runtime_dir)

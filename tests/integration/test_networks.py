@@ -176,6 +176,26 @@ def test_network_errors_and_the_holder_lifecycle(
         assert not any(map(_state_and_parent, pids)), [_state_and_parent(p) for p in pids]
 
 
+def test_network_rm_counts_containers_not_running_and_force_removes_them(
+    sandbox: Run, busybox_image: str, net: str
+) -> None:
+    # A created container would attach to the network at its start: it is a user too.
+    ok(sandbox("create", "--name", f"{net}-later", "--network", net, busybox_image, "true"))
+    ok(sandbox("run", "-d", "--name", f"{net}-now", "--network", net, busybox_image,
+                "sleep", "60"))  # fmt: skip
+    refused = sandbox("network", "rm", net)
+    assert refused.returncode == 125
+    assert f"{net}-later" in refused.stderr and f"{net}-now" in refused.stderr
+    assert "network rm -f" in refused.stderr and "Traceback" not in refused.stderr
+    assert net in ok(sandbox("network", "ls", "-q")).split()
+    assert ok(sandbox("network", "rm", "-f", net)).split() == [net]
+    assert net not in ok(sandbox("network", "ls", "-q")).split()
+    names = ok(sandbox("ps", "-a", "--format", "{{.Names}}")).split()
+    assert f"{net}-later" not in names and f"{net}-now" not in names
+    missing = sandbox("network", "rm", "-f", net)
+    assert missing.returncode == 125 and f"no network named {net!r}" in missing.stderr
+
+
 # A long-lived command that starts the holder as `run` and the monitor do: a child subreaper
 # (to wait for its container's PID 1) that stays alive after the holder has started.
 STARTER = """
