@@ -84,7 +84,8 @@ def register(app: typer.Typer) -> None:
             [],
             "--egress-allow",
             help="Allow traffic out only to CIDR[:PORT] or HOSTNAME[:PORT] (repeatable); "
-            "everything else leaving the container is refused.",
+            "everything else leaving the container is refused, DNS included (allowed names "
+            "are pinned in /etc/hosts; 10.0.2.3:53 opens slirp4netns's resolver).",
         ),
         pull: str = typer.Option(
             "missing", "--pull", help="Pull the image: always, missing, never or newer."

@@ -572,7 +572,7 @@ def start(config: NetworkConfig, pid: int, state_dir: Path, runtime_dir: Path) -
         helper = _start_pasta(config, pid, state_dir)
     if config.egress:
         try:
-            apply_egress(config, pid, _read(state_dir / "etc" / "resolv.conf"))
+            apply_egress(config, pid)
         except BaseException:
             if helper is not None:
                 helper.stop()
@@ -584,25 +584,23 @@ def start(config: NetworkConfig, pid: int, state_dir: Path, runtime_dir: Path) -
 # the egress policy
 
 
-def egress_allowed(config: NetworkConfig, resolv: str) -> list[Allow]:
-    """What the filter lets out: each --egress-allow, plus DNS to the container's resolvers."""
+def egress_allowed(config: NetworkConfig) -> list[Allow]:
+    """What the filter lets out: each --egress-allow, and nothing else. Not even DNS to the
+    container's resolver (it would relay any name, so any data, to the host's resolver and
+    beyond): allowed names are pinned in /etc/hosts; `--egress-allow 10.0.2.3:53` opens it."""
     from sandbox.rootless.nftables import Allow
 
-    allowed = [Allow(n, rule.port) for rule in config.egress for n in rule.networks]
-    for server in _nameservers(resolv)[0]:
-        with contextlib.suppress(ValueError):
-            allowed.append(Allow(str(ipaddress.ip_network(server.split("%")[0])), 53))
-    return allowed
+    return [Allow(n, rule.port) for rule in config.egress for n in rule.networks]
 
 
-def apply_egress(config: NetworkConfig, pid: int, resolv: str) -> None:
+def apply_egress(config: NetworkConfig, pid: int) -> None:
     """Install the egress filter in PID 1's network namespace, from a child of ours that joins
     its user namespace (we own it, so setns gives the child every capability there) and then
     its network namespace. The container itself lacks CAP_NET_ADMIN: it cannot lift the rules.
     """
     from sandbox.rootless import nftables, userns
 
-    allowed = egress_allowed(config, resolv)
+    allowed = egress_allowed(config)
     failure = userns.run_joined(pid, lambda: nftables.install(allowed))
     if failure is not None:
         raise HostError(

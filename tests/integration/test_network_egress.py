@@ -89,3 +89,17 @@ def test_unresolvable_egress_name_is_a_usage_error(sandbox: Run, busybox_image: 
     )
     assert done.returncode == 125
     assert "cannot resolve" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.needs("debian_rootfs")
+def test_dns_is_refused_unless_allowed_like_anything_else(sandbox: Run, debian_image: str) -> None:
+    # The resolver would relay any name (so any data) to the host's resolver and beyond.
+    lookup = "getent hosts deb.debian.org && echo resolved || echo unresolved"
+    closed = sandbox(
+        "run", "--rm", "--egress-allow", "10.0.2.2/32:9", debian_image, "sh", "-c", lookup
+    )  # fmt: skip
+    opened = sandbox(
+        "run", "--rm", "--egress-allow", "10.0.2.3:53", debian_image, "sh", "-c", lookup
+    )  # fmt: skip
+    assert ok(closed).split() == ["unresolved"]
+    assert "deb.debian.org" in ok(opened) and "resolved" in opened.stdout.split()

@@ -3,6 +3,7 @@ tests/integration/test_network_egress.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import pytest
@@ -45,10 +46,11 @@ def test_hosts_file_pins_allowed_names() -> None:
     assert "192.0.2.10\tmirror.example\n" in network.hosts_file(config, "h", "n")
 
 
-def test_dns_to_the_containers_resolvers_is_allowed() -> None:
+def test_only_what_is_listed_is_allowed_dns_included() -> None:
     config = network.NetworkConfig("slirp4netns", egress=(network.parse_egress("10.0.2.2:80"),))
-    allowed = network.egress_allowed(config, "search lan\nnameserver 10.0.2.3\n")
-    assert allowed == [
+    assert network.egress_allowed(config) == [nftables.Allow("10.0.2.2/32", 80)]
+    opened = (network.parse_egress("10.0.2.2:80"), network.parse_egress("10.0.2.3:53"))
+    assert network.egress_allowed(dataclasses.replace(config, egress=opened)) == [
         nftables.Allow("10.0.2.2/32", 80),
         nftables.Allow("10.0.2.3/32", 53),
     ]
