@@ -71,6 +71,11 @@ static int nreaped;
 static char outbuf[4 * MAX_PARTIAL];
 static size_t outlen;
 static unsigned char chunk[CHUNK];
+/* Client input the container has not taken yet: input[in_head..in_len). While any waits, no
+ * client is read (they wait in their sockets), so a container that does not read its stdin
+ * never stalls this loop: its output is still logged and relayed. */
+static unsigned char input[CHUNK];
+static size_t in_head, in_len;
 
 static void diag(const char *what)
 {
@@ -260,17 +265,41 @@ static int flush_client(struct client *c)
     return 0;
 }
 
+/* Write what the container's stdin takes now (input_fd is non-blocking). */
+static void feed_input(void)
+{
+    while (in_head < in_len) {
+        ssize_t n = write(input_fd, input + in_head, in_len - in_head);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN)
+                in_head = in_len; /* a closed stdin is not our error: the input is dropped */
+            break;
+        }
+        in_head += (size_t)n;
+    }
+    if (in_head == in_len)
+        in_head = in_len = 0;
+}
+
 static void client_input(int i)
 {
-    ssize_t n = recv(clients[i].fd, chunk, sizeof chunk, MSG_DONTWAIT);
+    if (in_len > 0) { /* only a hang-up gets here while input waits: the rest is dropped */
+        drop(i);
+        return;
+    }
+    ssize_t n = recv(clients[i].fd, input, sizeof input, MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
     if (n <= 0) {
         drop(i);
         return;
     }
-    if (input_fd >= 0)
-        (void)write_all(input_fd, chunk, (size_t)n); /* a closed stdin is not our error */
+    if (input_fd >= 0) {
+        in_len = (size_t)n;
+        feed_input();
+    }
 }
 
 static void accept_client(void)
@@ -301,7 +330,7 @@ static void output(struct stream *s)
 
 static void relay(void)
 {
-    struct pollfd fds[2 + 1 + MAX_CLIENTS];
+    struct pollfd fds[2 + 2 + MAX_CLIENTS];
     for (;;) {
         int n = 0, open_streams = 0;
         for (int i = 0; i < nstreams; i++) {
@@ -312,9 +341,10 @@ static void relay(void)
         if (open_streams == 0)
             return;
         fds[n++] = (struct pollfd){.fd = listen_fd, .events = POLLIN};
+        fds[n++] = (struct pollfd){.fd = in_len > 0 ? input_fd : -1, .events = POLLOUT};
         int first_client = n, count = nclients;
         for (int i = 0; i < count; i++) {
-            short events = POLLIN;
+            short events = in_len > 0 ? 0 : POLLIN;
             if (clients[i].head < clients[i].len)
                 events |= POLLOUT;
             fds[n++] = (struct pollfd){.fd = clients[i].fd, .events = events};
@@ -329,6 +359,8 @@ static void relay(void)
         for (int i = 0; i < nstreams; i++)
             if (streams[i].fd >= 0 && fds[i].revents)
                 output(&streams[i]);
+        if (in_len > 0 && fds[nstreams + 1].revents)
+            feed_input();
         /* Clients are matched by fd: output() may have dropped some and moved others. */
         for (int k = count - 1; k >= 0; k--) {
             struct pollfd *p = &fds[first_client + k];
@@ -498,6 +530,9 @@ int main(int argc, char **argv)
         fcntl(streams[i].fd, F_SETFD, FD_CLOEXEC);
     if (input_fd >= 0 && input_fd != pty)
         fcntl(input_fd, F_SETFD, FD_CLOEXEC);
+    int input_flags = input_fd >= 0 ? fcntl(input_fd, F_GETFL) : -1;
+    if (input_flags >= 0)
+        fcntl(input_fd, F_SETFL, input_flags | O_NONBLOCK);
 
     relay();
     if (pty >= 0)
@@ -521,8 +556,11 @@ int main(int argc, char **argv)
     for (int i = 0; i < nreaped && n < sizeof reaped_arg; i++)
         n += (size_t)snprintf(reaped_arg + n, sizeof reaped_arg - n, "%s%d", i ? "," : "",
                               reaped[i]);
-    if (input_fd >= 0)
+    if (input_fd >= 0) { /* as it came: the Python monitor writes to it blocking */
         fcntl(input_fd, F_SETFD, 0);
+        if (input_flags >= 0)
+            fcntl(input_fd, F_SETFL, input_flags);
+    }
     int count = argc - finish;
     char **next = calloc((size_t)count + 4, sizeof *next);
     if (next == NULL) {

@@ -50,16 +50,28 @@ def attach(settings: Settings, name_or_id: str, *, stdin: bool = True) -> int | 
 
 
 def _relay(sock: socket.socket, stdin: int | None, *, detach_keys: bool) -> bool:
+    # Input goes out only as fast as the container takes it (the monitor stops reading us
+    # meanwhile), so it waits in `pending` while output keeps being read and shown; stdin is
+    # read again once pending is sent.
     buffer = b""
     previous = b""
-    readers: list[socket.socket | int] = [sock] + ([stdin] if stdin is not None else [])
+    pending = bytearray()
+    sock.setblocking(False)
     while True:
-        readable, _, _ = select.select(readers, [], [])
+        readers: list[socket.socket | int] = [sock]
+        if stdin is not None and not pending:
+            readers.append(stdin)
+        readable, _, _ = select.select(readers, [sock] if pending else [], [])
         if sock in readable:
-            data = sock.recv(_CHUNK)
-            if not data:
+            try:
+                data = sock.recv(_CHUNK)
+            except BlockingIOError:
+                data = None
+            except ConnectionError:  # closed with input of ours unread: the end all the same
+                data = b""
+            if data == b"":
                 return False
-            buffer += data
+            buffer += data or b""
             while len(buffer) >= 5:
                 length = int.from_bytes(buffer[1:5], "big")
                 if len(buffer) < 5 + length:
@@ -71,10 +83,16 @@ def _relay(sock: socket.socket, stdin: int | None, *, detach_keys: bool) -> bool
         if stdin is not None and stdin in readable:
             data = os.read(stdin, _CHUNK)
             if not data:
-                readers.remove(stdin)
                 stdin = None
                 continue
             if detach_keys and DETACH_KEYS in previous[-1:] + data:
                 return True
             previous = data
-            sock.sendall(data)
+            pending += data
+        if pending:
+            try:
+                del pending[: sock.send(pending)]
+            except BlockingIOError:
+                pass
+            except ConnectionError:  # the monitor let go of us: its EOF is read next
+                pending.clear()

@@ -540,7 +540,9 @@ def _repipe() -> tuple[int, int]:  # pragma: no cover - runs in the monitor
 
 class Relay:
     """The monitor's I/O loop: container output to the log and to attached clients, and
-    attached clients' input to the container's stdin (or its terminal).
+    attached clients' input to the container's stdin (or its terminal). Input the container
+    has not taken yet waits here, and no client is read meanwhile (they wait in their sockets):
+    a container that does not read its stdin never stalls the loop.
 
     Frames to a client: one byte for the stream (1 stdout, 2 stderr), four bytes of length
     (big-endian), the data. What a client sends is raw input. A client that falls behind is
@@ -554,17 +556,31 @@ class Relay:
         self.listener = listener
         self.clients: dict[socket.socket, bytearray] = {}
         self.input_fd: int | None = None
+        self.input = bytearray()  # client input the container has not taken yet
 
     def run(self, streams: dict[int, str]) -> None:
         """Until every stream hangs up: the container and everything it started have exited.
         The caller closes the stream fds."""
-        open_fds = dict(streams)
+        blocking = self.input_fd is None or os.get_blocking(self.input_fd)
+        if self.input_fd is not None:
+            os.set_blocking(self.input_fd, False)
+        try:
+            self._loop(dict(streams))
+        finally:
+            self.input.clear()  # for a container that has ended
+            if self.input_fd is not None and self.input_fd not in streams:
+                os.set_blocking(self.input_fd, blocking)  # kept across restarts
+
+    def _loop(self, open_fds: dict[int, str]) -> None:
         while open_fds:
             readers: list[Any] = list(open_fds)
             if self.listener is not None:
                 readers.append(self.listener)
-            readers += list(self.clients)
-            writers = [c for c, pending in self.clients.items() if pending]
+            writers: list[Any] = [c for c, pending in self.clients.items() if pending]
+            if self.input:
+                writers.append(self.input_fd)
+            else:
+                readers += list(self.clients)
             try:
                 readable, writable, _ = select.select(readers, writers, [])
             except InterruptedError:
@@ -576,12 +592,17 @@ class Relay:
                     self._client_input(item)
                 else:
                     self._output(item, open_fds)
-            for client in writable:
-                self._flush(client)
+            for item in writable:
+                if isinstance(item, socket.socket):
+                    self._flush(item)
+                else:
+                    self._feed()
 
     def _output(self, fd: int, open_fds: dict[int, str]) -> None:
         try:
             data = os.read(fd, _CHUNK)
+        except BlockingIOError:  # a pty master is also the (non-blocking) input
+            return
         except OSError:  # EIO from a pty master when the last slave closes
             data = b""
         stream = open_fds[fd]
@@ -615,8 +636,19 @@ class Relay:
             self._drop(client)
             return
         if self.input_fd is not None:
-            with contextlib.suppress(OSError):
-                _write_all(self.input_fd, data)
+            self.input += data
+            self._feed()
+
+    def _feed(self) -> None:
+        """Write what the container's stdin takes now."""
+        assert self.input_fd is not None
+        try:
+            written = os.write(self.input_fd, self.input)
+        except BlockingIOError:
+            return
+        except OSError:  # a closed stdin is not our error: the input is dropped
+            written = len(self.input)
+        del self.input[:written]
 
     def _flush(self, client: socket.socket) -> None:
         pending = self.clients.get(client)
@@ -641,12 +673,6 @@ class Relay:
                 client.setblocking(True)
                 client.sendall(pending)
             self._drop(client)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def attach_socket_path(store: ContainerStore, container_id: str) -> Path:

@@ -139,6 +139,31 @@ def test_logs_and_attach_round_trip(
     ok(run("rm", name))
 
 
+def test_input_the_container_does_not_read_never_stalls_it(
+    sandbox_env: SandboxEnv, run: Run, monitor: str, busybox_image: str
+) -> None:
+    # A megabyte of input for a container that never reads its stdin (a pipe holds 64 KiB):
+    # the monitor keeps what does not fit and goes on relaying and logging the output, and
+    # the end is recorded (a blocking write used to hang the monitor for good).
+    name = f"deaf-{monitor}"
+    script = "for i in $(seq 40); do echo tick-$i; sleep 0.05; done"
+    container_id = run_detached(run, name, "-i", busybox_image, "sh", "-c", script)
+    attacher = subprocess.Popen(
+        [*sandbox_env.argv_prefix(), "attach", name],
+        env={**sandbox_env.env, "SANDBOX_MONITOR": monitor},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = attacher.communicate(b"x" * (1 << 20), timeout=60)
+    ticks = [f"tick-{i}" for i in range(1, 41)]
+    assert out.decode().split()[-1] == "tick-40", err
+    assert attacher.returncode == 0, err
+    until(lambda: _record(sandbox_env, container_id)["status"] == "exited", "the exit record")
+    assert ok(run("logs", name)).split() == ticks
+    ok(run("rm", name))
+
+
 def test_restart_on_failure_runs_three_times(
     sandbox_env: SandboxEnv, run: Run, monitor: str, busybox_image: str
 ) -> None:
