@@ -223,7 +223,8 @@ def register(app: typer.Typer) -> None:
                 spec = codec.to_json(store.load_spec(record.id))
                 draw.render(isolation.read(record.id, record.name, record.pid, spec), stderr=True)
 
-        code = container.run(settings, options, on_started=on_started)
+        # exiting: this process ends with the container's code (main.py's os._exit).
+        code = container.run(settings, options, on_started=on_started, exiting=True)
         raise typer.Exit(code)
 
     # `sandbox create` takes run's options and stops once the container exists.

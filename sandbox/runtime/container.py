@@ -205,13 +205,22 @@ def run(
     *,
     warn: Warn = _stderr_warn,
     on_started: Callable[[Container], None] | None = None,
+    exiting: bool = False,
 ) -> int:
     """`sandbox run` in the foreground: create, start, wait, and exit with the command.
-    on_started is called once the command runs (--print-isolation)."""
+    on_started is called once the command runs (--print-isolation). exiting: the caller
+    exits once this returns (the CLI), so a network helper is not waited for (see finish)."""
     spec, record = create(settings, options, warn=warn)
     store = ContainerStore(settings.containers_root)
     try:
-        return start_and_wait(spec, store, record, on_started=on_started)
+        return start_and_wait(
+            spec,
+            store,
+            record,
+            on_started=on_started,
+            exiting=exiting,
+            removing=options.remove,
+        )
     finally:
         if options.remove:
             remove_files(store, record, spec.mapping)
@@ -267,7 +276,11 @@ def start_and_wait(
     *,
     pump: parent.Pump = parent.relay_terminal,
     on_started: Callable[[Container], None] | None = None,
+    exiting: bool = False,
+    removing: bool = False,
 ) -> int:
+    """Start the container, relay its terminal, wait for PID 1; its exit code. exiting and
+    removing: see finish."""
     forwarder = parent.SignalForwarder()
     with forwarder.installed():
         started = start(spec, store, record, forwarder)
@@ -278,7 +291,8 @@ def start_and_wait(
         if started.master is not None:
             os.close(started.master)
             started.master = None
-        return finish(store, started, wait_pid(started.pid1))
+        status = wait_pid(started.pid1)
+        return finish(store, started, status, exiting=exiting, removing=removing)
 
 
 def start(
@@ -316,6 +330,8 @@ def start(
             message, _ = channel.expect("pid1")
             pid1 = int(message["pid"])
             wait_pid(intermediate)
+            # PID 1 mounts its root while the record is written (~1.5 ms off the start).
+            channel.send("reparented")
             record = store.update(
                 record,
                 status="running",
@@ -327,7 +343,6 @@ def start(
                 monitor_pid=os.getpid(),
                 ports=tuple(map(str, spec.network.ports)),
             )
-            channel.send("reparented")
             if spec.process.terminal:
                 master = parent.receive_pty(channel, forwarder)
             channel.expect("ready")
@@ -358,11 +373,24 @@ def start(
     return Started(record, pid1, master, helper, attachment, cgroup)
 
 
-def finish(store: ContainerStore, started: Started, status: int) -> int:
+def finish(
+    store: ContainerStore,
+    started: Started,
+    status: int,
+    *,
+    exiting: bool = False,
+    removing: bool = False,
+) -> int:
     """PID 1 has exited with wait status `status` (and was reaped): stop the network helper,
-    leave the named network, read OOM, release the cgroup, record the exit; the exit code."""
+    leave the named network, read OOM, release the cgroup, record the exit; the exit code.
+
+    exiting: the caller exits right after, so a helper that publishes no ports is told to
+    quit and not waited for (its exit takes ~20 ms of tap device teardown in the kernel;
+    init reaps it). One with ports is waited for: the next command may want those ports.
+    removing: the caller deletes the container right after, so the exit is not recorded.
+    """
     if started.helper is not None:
-        started.helper.stop()
+        started.helper.stop(wait=not exiting or bool(started.record.ports))
     if started.attachment is not None:
         from sandbox.runtime import networks
 
@@ -372,7 +400,10 @@ def finish(store: ContainerStore, started: Started, status: int) -> int:
     oom = started.cgroup is not None and cgroups.oom_killed(started.cgroup)
     record = started.record
     _release_cgroup(record)
-    store.update(record, status="exited", exit_code=code, finished_at=state.now(), oom_killed=oom)
+    if not removing:
+        store.update(
+            record, status="exited", exit_code=code, finished_at=state.now(), oom_killed=oom
+        )
     return code
 
 

@@ -536,13 +536,16 @@ class Helper:
         self.exit_w: int | None = None
         self.files: list[Path] = []
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = True) -> None:
+        """End the helper. wait=False tells it to quit and returns at once: its exit closes
+        the container's tap device, which the kernel unregisters (RCU grace periods) before
+        the process is gone, ~20 ms; a caller that exits right away leaves that to init."""
         if self.exit_w is not None:
             os.close(self.exit_w)  # slirp4netns's --exit-fd: it quits on EOF
             self.exit_w = None
         elif self.process is not None and self.process.poll() is None:
             self.process.terminate()
-        if self.process is not None:
+        if self.process is not None and wait:
             if not _exited(self.process, timeout=5):
                 self.process.kill()
             self.process.wait()
