@@ -100,6 +100,8 @@ class RunOptions:
 
 @dataclasses.dataclass(frozen=True)
 class Process:
+    """The command and how it runs: arguments, environment, directory, user, terminal."""
+
     args: tuple[str, ...]
     env: tuple[str, ...]
     cwd: str
@@ -130,6 +132,8 @@ class Root:
 
 @dataclasses.dataclass(frozen=True)
 class ContainerSpec:
+    """Everything a container needs, validated before any process exists (build())."""
+
     id: str
     name: str
     hostname: str

@@ -126,7 +126,6 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         from sandbox import config
-        from sandbox.cli.images import parse_bool
         from sandbox.rootless import cgroups
         from sandbox.runtime import container
         from sandbox.spec import RunOptions
@@ -146,6 +145,11 @@ def register(app: typer.Typer) -> None:
                 else "--bundle runs the bundle's own config.json: give no IMAGE or command",
                 hint="sandbox run busybox echo hi, or sandbox run --bundle ./bundle",
             )
+        verify = None
+        if tls_verify is not None:  # cli/images.py (typer commands) only when it is given
+            from sandbox.cli.images import parse_bool
+
+            verify = parse_bool("--tls-verify", tls_verify)
         options = RunOptions(
             image=image or bundle,
             bundle=bundle,
@@ -187,7 +191,7 @@ def register(app: typer.Typer) -> None:
             ),
             cgroups=cgroups_mode,
             pull=pull,
-            tls_verify=parse_bool("--tls-verify", tls_verify),
+            tls_verify=verify,
             platform=platform,
             cap_add=tuple(cap_add),
             cap_drop=tuple(cap_drop),

@@ -29,7 +29,7 @@ import fcntl
 import os
 import signal
 import struct
-import termios
+import termios  # up front: after pivot_root the container has no Python library
 from typing import NoReturn
 
 from sandbox import security

@@ -14,7 +14,7 @@ from types import FrameType
 from sandbox import spec as specs
 from sandbox.errors import ContainerError
 from sandbox.rootless.channel import Channel, ChannelClosed
-from sandbox.runtime import init, tty
+from sandbox.runtime import init
 
 
 class SignalForwarder:
@@ -68,6 +68,8 @@ Pump = Callable[[specs.ContainerSpec, "int | None"], None]
 def relay_terminal(spec: specs.ContainerSpec, master: int | None) -> None:
     if master is None:
         return
+    from sandbox.runtime import tty  # with a terminal only (termios, tty)
+
     stdin = 0 if spec.process.interactive else None
     with tty.raw_mode(0) if stdin is not None else contextlib.nullcontext():
         tty.relay(master, stdin=stdin)
@@ -80,6 +82,8 @@ def receive_pty(channel: Channel, forwarder: SignalForwarder) -> int:
     if len(fds) != 1:
         raise ContainerError("internal protocol error", context="expected one pty fd")
     master = fds[0]
+    from sandbox.runtime import tty
+
     source = tty.caller_terminal()
     tty.copy_window_size(source, master)
     forwarder.on_winch = lambda: tty.copy_window_size(source, master)

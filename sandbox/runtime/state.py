@@ -33,6 +33,8 @@ SPEC = "spec.json"
 
 @dataclasses.dataclass(frozen=True)
 class Container:
+    """A container's record (container.json): what it runs and its last known state."""
+
     id: str
     name: str
     image: str
