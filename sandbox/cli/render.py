@@ -84,6 +84,8 @@ def status(container: Container) -> str:
     if container.status == "exited":
         code = "unknown" if container.exit_code is None else str(container.exit_code)
         return f"Exited ({code}) {ago(container.finished_at or container.created)}"
+    if container.status == "unknown":  # its record is damaged or missing (state._unknown)
+        return "Unknown (damaged record; sandbox rm removes it)"
     return "Created"
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from sandbox.errors import ImageError, UsageError
+from sandbox.errors import ImageError, SandboxError, UsageError
 from sandbox.images import manifest as manifests
 from sandbox.images import reference
 
@@ -140,13 +140,25 @@ def _save_oci(
 
 
 def load(store: ImageStore, source: Path) -> list[Image]:
-    """Load every image in source (docker-archive, OCI archive or OCI layout directory)."""
+    """Load every image in source (docker-archive, OCI archive or OCI layout directory).
+    A load that fails (a bad archive, a full disk) deletes the blobs it stored for images
+    it did not add: the store is left as it was."""
+    written: list[str] = []
+    try:
+        return _load(store, source, written)
+    except BaseException:
+        with contextlib.suppress(SandboxError, OSError):
+            store.discard_blobs(written)
+        raise
+
+
+def _load(store: ImageStore, source: Path, written: list[str]) -> list[Image]:
     try:
         st = os.stat(source)
     except OSError as e:
         raise ImageError(f"cannot load {source}", context=e.strerror) from e
     if stat.S_ISDIR(st.st_mode):
-        return _load_oci(store, lambda name: _open_in_dir(source, name), str(source))
+        return _load_oci(store, lambda name: _open_in_dir(source, name), str(source), written)
     try:
         tar = tarfile.open(source, "r:*")  # noqa: SIM115 - closed by the with below
     except (tarfile.TarError, OSError) as e:
@@ -169,9 +181,9 @@ def load(store: ImageStore, source: Path) -> list[Image]:
 
         names = set(tar.getnames())
         if "manifest.json" in names:
-            return _load_docker(store, open_member, str(source))
+            return _load_docker(store, open_member, str(source), written)
         if "index.json" in names:
-            return _load_oci(store, open_member, str(source))
+            return _load_oci(store, open_member, str(source), written)
     raise ImageError(
         f"cannot load {source}",
         context="neither manifest.json (docker-archive) nor index.json (OCI) in it",
@@ -200,7 +212,9 @@ def _read_json(opener: Opener, name: str, where: str) -> Any:
         raise ImageError(f"{where}: {name} is not JSON", context=str(e)) from e
 
 
-def _store_member(store: ImageStore, opener: Opener, name: str) -> tuple[str, int, str]:
+def _store_member(
+    store: ImageStore, opener: Opener, name: str, written: list[str]
+) -> tuple[str, int, str]:
     """Copy a member into the blob store: (digest, size, media type by compression)."""
     from sandbox.images import archive
 
@@ -216,6 +230,7 @@ def _store_member(store: ImageStore, opener: Opener, name: str) -> tuple[str, in
     digest = "sha256:" + hasher.hexdigest()
     with store.blob_writer(digest) as writer, opener(name) as f:
         if writer is not None:
+            written.append(digest)
             while chunk := f.read(CHUNK):
                 writer.write(chunk)
     kind = archive.detect(head)
@@ -229,7 +244,7 @@ def _store_member(store: ImageStore, opener: Opener, name: str) -> tuple[str, in
     return digest, size, media_type
 
 
-def _load_docker(store: ImageStore, opener: Opener, where: str) -> list[Image]:
+def _load_docker(store: ImageStore, opener: Opener, where: str, written: list[str]) -> list[Image]:
     entries = _read_json(opener, "manifest.json", where)
     if not isinstance(entries, list) or not entries:
         raise ImageError(f"{where}: manifest.json must be a non-empty list")
@@ -247,7 +262,7 @@ def _load_docker(store: ImageStore, opener: Opener, where: str) -> list[Image]:
         config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
         descriptors: list[dict[str, Any]] = []
         for layer in layers:
-            digest, size, media_type = _store_member(store, opener, layer)
+            digest, size, media_type = _store_member(store, opener, layer, written)
             descriptors.append({"mediaType": media_type, "digest": digest, "size": size})
         manifest = {
             "schemaVersion": 2,
@@ -275,7 +290,7 @@ def _load_docker(store: ImageStore, opener: Opener, where: str) -> list[Image]:
     return loaded
 
 
-def _load_oci(store: ImageStore, opener: Opener, where: str) -> list[Image]:
+def _load_oci(store: ImageStore, opener: Opener, where: str, written: list[str]) -> list[Image]:
     index = _read_json(opener, "index.json", where)
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
         raise ImageError(f"{where}: index.json has no manifests list")
@@ -297,6 +312,7 @@ def _load_oci(store: ImageStore, opener: Opener, where: str) -> list[Image]:
         for layer in manifest.layers:
             with store.blob_writer(layer.digest) as writer, opener(_blob_name(layer.digest)) as f:
                 if writer is not None:
+                    written.append(layer.digest)
                     while chunk := f.read(CHUNK):
                         writer.write(chunk)
         names = []

@@ -15,6 +15,11 @@ the index, so the index never names a missing layer. A killed import or removal 
 .tmp-* entries; the next import, removal or cleanup() deletes those nobody holds an flock on.
 Layer files belong to the user's subordinate ids, so they are unpacked and deleted inside a
 user namespace with the containers' mapping (sandbox.rootless.userns), never from outside.
+
+A full disk (ENOSPC, or EDQUOT for a quota) while an image is added is one ImageError naming
+the device (sandbox.rootless.filesystems); what the operation wrote so far is deleted (the
+.tmp-* layer, the partial download), the index is not touched, and so the store stays as it
+was: deleting needs no space.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ TMP_PREFIX = ".tmp-"
 LAYER_LOCK_PREFIX = ".lock-"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NOT_FOUND_HINT = "sandbox images lists local images; import one with 'sandbox image import'"
+FULL_HINT = "free some space there (sandbox rmi or sandbox image prune removes images)"
 
 _GOARCH = {
     "x86_64": "amd64",
@@ -180,11 +186,7 @@ class BlobWriter:
                 self._arrival.grew(self.size)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise ImageError(
-                    f"no space left on the device while writing blob {self.digest}",
-                    context=str(self.path.parent),
-                    hint="free some space (sandbox image prune removes unused images)",
-                ) from e
+                raise _full(e, self.path, f"while writing blob {self.digest}") from e
             raise
 
     def finish(self) -> None:
@@ -412,19 +414,20 @@ class ImageStore:
         fd = _open_tarball(tarball)
         try:
             self._ensure_dirs()
-            with self._locked():
+            with self._locked(), self._full_disk():
                 self._cleanup_tmp()
                 tmp, tmp_lock = self._new_tmp()
             try:
-                return self._add_layer_image(
-                    fd,
-                    tmp,
-                    stored_name,
-                    make_config,
-                    base_layers=base_layers,
-                    base_size=base_size,
-                    whiteouts=whiteouts,
-                )
+                with self._full_disk():
+                    return self._add_layer_image(
+                        fd,
+                        tmp,
+                        stored_name,
+                        make_config,
+                        base_layers=base_layers,
+                        base_size=base_size,
+                        whiteouts=whiteouts,
+                    )
             finally:
                 os.close(tmp_lock)
         finally:
@@ -618,17 +621,19 @@ class ImageStore:
             if on_feed is not None:
                 channel.send("feed")
             done = []
-            for fd, tmp in jobs:
-                diff = tmp / "diff"
-                os.mkdir(diff, 0o755)
-                dest = os.open(diff, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    done.append(unpack.unpack_file(fd, dest, options, digest=digest))
-                finally:
-                    os.close(dest)
-            # Everything on disk before the rename publishes the layer (os.sync: Python has
-            # no syncfs; one call instead of an fsync per file).
-            os.sync()
+            with self._full_disk():  # here, in the child: the parent gets a SandboxError
+                for fd, tmp in jobs:
+                    diff = tmp / "diff"
+                    os.mkdir(diff, 0o755)
+                    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                    dest = os.open(diff, flags)
+                    try:
+                        done.append(unpack.unpack_file(fd, dest, options, digest=digest))
+                    finally:
+                        os.close(dest)
+                # Everything on disk before the rename publishes the layer (os.sync: Python
+                # has no syncfs; one call instead of an fsync per file).
+                os.sync()
             for result in done:
                 channel.send(
                     "result",
@@ -787,6 +792,29 @@ class ImageStore:
                         os.unlink(self.blob_path(digest))
 
     def add_image(
+        self,
+        *,
+        manifest: bytes,
+        manifest_type: str,
+        config: bytes,
+        layer_blobs: list[str],
+        names: list[str],
+        repo_digest: str | None = None,
+        fetch: Fetch | None = None,
+    ) -> Image:
+        """_add_image, with a full disk reported as one error naming the device."""
+        with self._full_disk():
+            return self._add_image(
+                manifest=manifest,
+                manifest_type=manifest_type,
+                config=config,
+                layer_blobs=layer_blobs,
+                names=names,
+                repo_digest=repo_digest,
+                fetch=fetch,
+            )
+
+    def _add_image(
         self,
         *,
         manifest: bytes,
@@ -1004,10 +1032,28 @@ class ImageStore:
                 except FileNotFoundError:
                     continue
                 doomed.append(tmp)
+                self._drop_layer_lock(_hex(diff_id))
             if doomed:
                 _fsync_dir(self.layers_dir)
                 self._discard(doomed)
             return list(record["names"]), [image.id]
+
+    def _drop_layer_lock(self, diff_hex: str) -> None:
+        """Delete the lock file of a layer that is gone, unless someone holds it (a pull of
+        the same layer waits on it: it then takes the file's successor, see _flock_file)."""
+        path = self.layers_dir / f"{LAYER_LOCK_PREFIX}{diff_hex}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(path)  # while held, as add_image's failure path does
+        except OSError:
+            pass  # held (BlockingIOError), or gone meanwhile
+        finally:
+            os.close(fd)
 
     def cleanup(self) -> None:
         """Delete what killed imports and removals left (.tmp-*) and layers no image uses."""
@@ -1039,6 +1085,17 @@ class ImageStore:
                 context=e.strerror,
                 hint="check the permissions, or set data_root in config.yaml",
             ) from e
+
+    @contextlib.contextmanager
+    def _full_disk(self) -> Iterator[None]:
+        """ENOSPC or EDQUOT in what is inside: one ImageError naming the store's device. The
+        code inside cleans up after itself on the way out (except BaseException: ...)."""
+        try:
+            yield
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise _full(e, self.root, f"while adding to the image store {self.root}") from e
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -1221,6 +1278,13 @@ def find_image(images: list[Image], text: str) -> tuple[Image, str | None]:
     raise ImageNotFound(
         f"image {text!r} not found", context=f"tried {', '.join(tried)}", hint=NOT_FOUND_HINT
     )
+
+
+def _full(error: OSError, path: Path, context: str) -> ImageError:
+    """The error for a full disk (or quota) where path is: it names the device."""
+    from sandbox.rootless import filesystems
+
+    return ImageError(filesystems.full_message(error, path), context=context, hint=FULL_HINT)
 
 
 def _flock_file(path: Path) -> int:

@@ -42,6 +42,7 @@ import shutil
 import stat
 import tarfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sandbox.errors import LayerError
@@ -231,10 +232,13 @@ class _Unpacker:
             raise
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                from sandbox.rootless import filesystems
+
+                where = Path(f"/proc/self/fd/{self.root_fd}")  # the layer being unpacked
                 raise LayerError(
-                    "no space left on the device holding the image store",
+                    filesystems.full_message(e, where),
                     context=f"while unpacking {member.name!r}",
-                    hint="free some space (sandbox rmi removes images)",
+                    hint="free some space there (sandbox rmi removes images)",
                 ) from e
             raise LayerError(f"cannot unpack {member.name!r}", context=e.strerror or str(e)) from e
         self.report.entries += 1

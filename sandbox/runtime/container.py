@@ -173,8 +173,10 @@ def create(
     try:
         _prepare_dirs(spec)
         store.save_spec(spec, durable=not options.remove)
-    except BaseException:
+    except BaseException as e:
         remove_files(store, record, mapping)
+        if isinstance(e, OSError) and e.errno in state.FULL:
+            raise state.full_disk_error(e, store.dir(record.id)) from e
         raise
     return spec, record
 
@@ -401,9 +403,12 @@ def finish(
     record = started.record
     _release_cgroup(record)
     if not removing:
-        store.update(
-            record, status="exited", exit_code=code, finished_at=state.now(), oom_killed=oom
-        )
+        try:
+            store.update(
+                record, status="exited", exit_code=code, finished_at=state.now(), oom_killed=oom
+            )
+        except ContainerError as e:  # a full disk: the command's own status still counts
+            _stderr_warn(f"the exit of container {record.name} was not recorded: {e}")
     return code
 
 
@@ -438,7 +443,13 @@ def _release_cgroup(record: Container) -> None:
 
 def remove_files(store: ContainerStore, container: Container, mapping: IdMapping) -> None:
     """Delete a container's directory. Files that belong to subordinate ids are deleted from
-    inside a user namespace with the same mapping."""
+    inside a user namespace with the same mapping. The directory is held meanwhile, so a
+    listing does not take it for a damaged one (state.ContainerStore.removing)."""
+    with store.removing(container):
+        _remove_files(store, container, mapping)
+
+
+def _remove_files(store: ContainerStore, container: Container, mapping: IdMapping) -> None:
     if container.cgroup_manager != "disabled":
         # The record may predate the cgroup's path; the manager finds it by the id. A cgroup
         # still busy (a killed process not yet gone) is removed by the next command's cleanup.
@@ -483,7 +494,7 @@ def remove(
 ) -> Container:
     """`sandbox rm`: stop (with force) and delete one container."""
     store = ContainerStore(settings.containers_root)
-    container = store.lookup(name_or_id)
+    container = store.lookup(name_or_id, damaged=True)
     store.check_removable(container, force)
     if container.status == "running" and state.is_alive(container):
         (store.dir(container.id) / "stopped").touch()  # no restart by its policy

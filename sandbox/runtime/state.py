@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -155,9 +156,21 @@ class ContainerStore:
                     f"the container name {container.name!r} is already in use by {other.short_id}",
                     hint=f"remove it with 'sandbox rm {container.name}' or choose another --name",
                 )
+            # Made under a dot name and renamed once the record is in it: a directory named
+            # by an id always has had a record (listed as "unknown" when it is damaged).
             path = self.dir(container.id)
-            path.mkdir(mode=0o700)
-            self._write(container, durable=True)
+            new = self.root / f".new-{container.id}"
+            try:
+                new.mkdir(mode=0o700)
+                data = json.dumps(dataclasses.asdict(container), indent=2).encode()
+                _write_atomic(new / RECORD, data, durable=True)
+                os.rename(new, path)
+            except BaseException as e:
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(new)
+                if isinstance(e, OSError) and e.errno in FULL:
+                    raise full_disk_error(e, self.root) from e
+                raise
         return container
 
     @staticmethod
@@ -215,11 +228,16 @@ class ContainerStore:
         data = json.dumps(dataclasses.asdict(container), indent=2).encode()
         _write_atomic(self.dir(container.id) / RECORD, data, durable=durable)
 
-    def _read(self, path: Path) -> Container | None:
+    def _read(self, path: Path, *, damaged: bool = False) -> Container | None:
+        """The record in path; None when there is none or it cannot be read (damaged=True:
+        a stand-in with status "unknown" for a directory whose record is damaged or missing,
+        so that ps lists it and rm removes it, unless it is being removed right now)."""
         try:
             container = codec.from_json(Container, json.loads((path / RECORD).read_text()))
-        except (OSError, ValueError, TypeError, KeyError):
-            return None  # being created or removed right now, or damaged: not listed
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            if not damaged or isinstance(e, NotADirectoryError):
+                return None
+            return _unknown(path)
         if container.status == "running" and not is_alive(container):
             container = dataclasses.replace(container, status="exited")
         return container
@@ -231,7 +249,7 @@ class ContainerStore:
         for entry in self.root.iterdir():
             if entry.name.startswith("."):
                 continue
-            container = self._read(entry)
+            container = self._read(entry, damaged=True)
             if container is not None:
                 found.append(container)
         return found
@@ -239,7 +257,19 @@ class ContainerStore:
     def list(self) -> list[Container]:
         return sorted(self._load_all(), key=lambda c: c.created, reverse=True)
 
-    def lookup(self, name_or_id: str) -> Container:
+    def lookup(self, name_or_id: str, *, damaged: bool = False) -> Container:
+        """The container name_or_id names (a name, an id or a unique id prefix). One whose
+        record is damaged (status "unknown") is an error unless damaged=True (rm)."""
+        found = self._lookup(name_or_id)
+        if found.status == "unknown" and not damaged:
+            raise ContainerError(
+                f"the record of container {found.short_id} is damaged or missing",
+                context=str(self.dir(found.id) / RECORD),
+                hint=f"'sandbox rm {found.short_id}' removes the container",
+            )
+        return found
+
+    def _lookup(self, name_or_id: str) -> Container:
         containers = self._load_all()
         for c in containers:
             if c.name == name_or_id or c.id == name_or_id:
@@ -268,6 +298,21 @@ class ContainerStore:
             )
         return c
 
+    @contextlib.contextmanager
+    def removing(self, container: Container) -> Iterator[None]:
+        """Hold an flock on the container's directory while it is deleted, so a listing
+        meanwhile does not show it as damaged once its record is gone (see _unknown)."""
+        try:
+            fd = os.open(self.dir(container.id), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            yield  # gone already, or not a directory: nothing to hold
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def forget(self, container: Container) -> None:
         """Drop the record (the caller has removed or is removing the files); under the lock,
         so no update() is halfway through rewriting it."""
@@ -280,6 +325,48 @@ class ContainerStore:
                 f"container {container.name} is running",
                 hint=f"stop it first, or use 'sandbox rm -f {container.name}'",
             )
+
+
+def _unknown(path: Path) -> Container | None:
+    """A stand-in for a container directory whose record is damaged (a power loss tore a
+    record that was not fsync'ed) or missing (a killed rm): status "unknown", its id, the
+    directory's time. None while another process removes it (it holds an flock on it), or
+    when it is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        created = datetime.datetime.fromtimestamp(os.fstat(fd).st_mtime, datetime.UTC)
+    except OSError:  # BlockingIOError: being removed
+        return None
+    finally:
+        os.close(fd)
+    return Container(
+        id=path.name,
+        name="",
+        image="",
+        image_id=None,
+        command=(),
+        created=created.isoformat(timespec="microseconds"),
+        status="unknown",
+        rootfs_kind="unknown",
+    )
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def full_disk_error(error: OSError, path: Path) -> ContainerError:
+    """The error for a full disk (or quota) under the container store: it names the device."""
+    from sandbox.rootless import filesystems
+
+    return ContainerError(
+        filesystems.full_message(error, path),
+        context=f"while writing {error.filename or path}",
+        hint="free some space there (sandbox rm, sandbox rmi, sandbox image prune)",
+    )
 
 
 def remove_tree(path: Path) -> None:
@@ -325,13 +412,22 @@ def _write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
     after a crash the container is still listed and `sandbox rm` finds it; a later record
     replaces it by rename, which ext4 (auto_da_alloc) and btrfs order after the new data."""
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError as e:
+        # A full disk leaves the old file in place, and no temporary file beside it.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if e.errno in FULL:
+            e.filename = e.filename or str(path)
+            raise full_disk_error(e, path.parent) from e
+        raise

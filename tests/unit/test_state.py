@@ -72,13 +72,29 @@ def test_running_record_with_a_dead_pid_reads_as_exited(tmp_path: Path) -> None:
     assert store.lookup("me").status == "exited"
 
 
-def test_half_written_or_damaged_records_are_skipped(tmp_path: Path) -> None:
+def test_damaged_or_missing_records_are_listed_as_unknown(tmp_path: Path) -> None:
+    """A torn record (power loss) or none (a killed rm) is listed, so rm can remove it;
+    a directory being created (dot name) or removed (flock held) is not."""
+    import fcntl
+
     store = ContainerStore(tmp_path)
     make(store, "good")
     (tmp_path / ("0" * 64)).mkdir()
     (tmp_path / ("0" * 64) / state.RECORD).write_text("{not json")
     (tmp_path / ("1" * 64)).mkdir()
-    assert [c.name for c in store.list()] == ["good"]
+    (tmp_path / f".new-{'2' * 64}").mkdir()
+    (tmp_path / ("3" * 64)).mkdir()
+    held = os.open(tmp_path / ("3" * 64), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        listed = {c.id: c for c in store.list()}
+    finally:
+        os.close(held)
+    assert sorted(c.name for c in listed.values()) == ["", "", "good"]
+    assert {i for i, c in listed.items() if c.status == "unknown"} == {"0" * 64, "1" * 64}
+    with pytest.raises(ContainerError, match="damaged"):
+        store.lookup("000")
+    assert store.lookup("000", damaged=True).status == "unknown"
 
 
 def test_process_start_time_handles_spaces_in_comm() -> None:
