@@ -320,10 +320,12 @@ def start(
             from sandbox.runtime import networks
 
             attachment = networks.prepare(spec, store, runtime_root())
+        early = init.early_namespaces(spec)  # created while the mapping is written
         intermediate, channel = userns.spawn(
             spec.mapping,
-            lambda ch: init.intermediate(spec, ch),
+            lambda ch: init.intermediate(spec, ch, unshared=early),
             within=attachment.within if attachment is not None else None,
+            meanwhile=early,
         )
         try:
             # Step 2b: into its cgroup before it can fork PID 1, so nothing escapes.

@@ -6,10 +6,10 @@ is close-on-exec, so its EOF tells P the command was exec'd.
 
   step  who   does                                                   message
   1     I     unshare(CLONE_NEWUSER)                                 I->P unshared
-  2     P     newuidmap/newgidmap on I                               P->I mapped
+  2     P     newuidmap/newgidmap on I; meanwhile I unshares mount,  P->I mapped
+              PID, net, IPC and UTS (early_namespaces)
   2b    P     moves I into the container's cgroup, limits written    P->I cgroup
-  3     I     unshare(mount, PID, net, IPC, UTS, cgroup, time);     I->P pid1 {pid}; I exits
-              fork 1
+  3     I     unshare(cgroup, time); fork 1                          I->P pid1 {pid}; I exits
   4     P     reaps I; 1 is reparented to P (a child subreaper)      P->1 reparented
   5     1     PDEATHSIG; lo up; mounts: rootfs, /proc, /dev, /sys, volumes
   6     1     (-t) opens a pty in the container's devpts             1->P pty [master fd]
@@ -76,12 +76,22 @@ FORWARDED = (
 )
 
 
-def intermediate(spec: ContainerSpec, channel: Channel) -> int:
-    """Step 3: runs as root of the new user namespace; creates the rest and forks PID 1."""
+def early_namespaces(spec: ContainerSpec) -> int:
+    """The namespaces the intermediate creates while the parent writes its mapping (step 2):
+    all but the cgroup one, which must wait for step 2b; none when OCI namespace paths are to
+    be joined first."""
+    if spec.namespace_paths:
+        return 0
+    return namespace_flags(spec.namespaces) & ~syscalls.CLONE_NEWCGROUP
+
+
+def intermediate(spec: ContainerSpec, channel: Channel, *, unshared: int = 0) -> int:
+    """Step 3: runs as root of the new user namespace; creates the rest and forks PID 1.
+    unshared: the namespaces it created already (early_namespaces)."""
     # Step 2b: wait until the parent has put us into the container's cgroup: the cgroup
     # namespace unshared below takes the cgroup we are in as its root (/proc/self/cgroup 0::/).
     channel.expect("cgroup")
-    flags = namespace_flags(spec.namespaces)
+    flags = namespace_flags(spec.namespaces) & ~unshared
     # OCI namespaces with a path are joined, before the others are created (as runc does).
     for name, path in spec.namespace_paths:
         join_namespace(name, path)

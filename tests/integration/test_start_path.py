@@ -163,3 +163,21 @@ def test_rm_of_files_of_a_subordinate_id_still_removes_everything(
     assert done.returncode == 0, done.stderr
     assert _user_namespaces(log) == 2  # the removal of /owned needs the mapping
     assert _container_dirs(sandbox_env) == before
+
+
+def test_a_namespace_refused_while_the_mapping_is_written_is_reported_once_mapped() -> None:
+    """The intermediate creates its namespaces while the parent runs newuidmap (init.py, step
+    2): a refusal there reaches the parent as that error, after a mapping that went through."""
+    from sandbox.errors import SandboxError
+    from sandbox.rootless import idmap, userns
+
+    mapping = idmap.for_current_user("auto")
+    # Bit 0 is no namespace: unshare(2) refuses it (EINVAL), as it would a namespace limit.
+    pid, channel = userns.spawn(mapping, lambda _channel: 0, meanwhile=1)
+    try:
+        with pytest.raises(SandboxError, match="cannot create the container's namespaces"):
+            channel.expect("never sent")
+    finally:
+        channel.close()
+        status = userns.wait_pid(pid)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 125
