@@ -160,6 +160,9 @@ class ContainerStore:
             # by an id always has had a record (listed as "unknown" when it is damaged).
             path = self.dir(container.id)
             new = self.root / f".new-{container.id}"
+            for entry in os.scandir(self.root):  # what a create killed here left behind
+                if entry.name.startswith(".new-"):
+                    shutil.rmtree(entry.path, ignore_errors=True)
             try:
                 new.mkdir(mode=0o700)
                 data = json.dumps(dataclasses.asdict(container), indent=2).encode()

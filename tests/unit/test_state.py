@@ -95,6 +95,8 @@ def test_damaged_or_missing_records_are_listed_as_unknown(tmp_path: Path) -> Non
     with pytest.raises(ContainerError, match="damaged"):
         store.lookup("000")
     assert store.lookup("000", damaged=True).status == "unknown"
+    make(store, "next")  # a create (under the lock) sweeps what a killed create left
+    assert not (tmp_path / f".new-{'2' * 64}").exists()
 
 
 def test_process_start_time_handles_spaces_in_comm() -> None:
