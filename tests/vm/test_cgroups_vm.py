@@ -34,6 +34,14 @@ INSIDE = (
     "test_weights_reservation_and_cpuset_reach_the_cgroup",
     "test_stats_reads_the_live_cgroup",
     "test_detached_oom_under_the_native_monitor",
+    # tests/vm/inside/test_full_disk.py: a small ext4 disk that fills up
+    "test_import_bigger_than_the_free_space",
+    "test_load_on_a_full_disk",
+    "test_pull_on_a_full_disk",
+    "test_run_and_create_on_a_full_disk",
+    "test_container_that_fills_the_disk[foreground]",
+    "test_container_that_fills_the_disk[detached]",
+    "test_damaged_record_on_a_full_disk",
 )
 
 
@@ -63,6 +71,11 @@ def vm_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             shutil.copytree(source, tree / part, ignore=ignore)
         else:
             shutil.copy2(source, tree / part)
+    # The registry binary for test_full_disk's pull (it links only libc; the guest has none).
+    registry = Path("/usr/bin/docker-registry")
+    if registry.is_file():
+        (tree / "bin").mkdir()
+        shutil.copy2(registry, tree / "bin" / registry.name)
     host_disk = work / "host.img"
     mke2fs = shutil.which("mke2fs") or "/usr/sbin/mke2fs"
     subprocess.run(
