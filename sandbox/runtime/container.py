@@ -30,7 +30,7 @@ from sandbox.errors import (
     exit_code_for_wait_status,
 )
 from sandbox.rootless import cgroups, idmap, syscalls, userns
-from sandbox.rootless.channel import Channel
+from sandbox.rootless.channel import Channel, ChannelClosed
 from sandbox.rootless.idmap import IdMapping
 from sandbox.rootless.userns import wait_pid
 from sandbox.runtime import hostroot, init, names, network, parent, state
@@ -347,13 +347,23 @@ def start(
                 monitor_pid=os.getpid(),
                 ports=tuple(map(str, spec.network.ports)),
             )
+            # Step 9: PID 1's namespaces exist; the helper joins them while PID 1 mounts its
+            # root (steps 5-8; slirp4netns takes ~3 ms to start). Nothing in them needs the
+            # other: the helper works on the network namespace, PID 1 on the mount one.
+            try:
+                helper = network.start(spec.network, pid1, store.dir(spec.id), runtime_root())
+                if attachment is not None:  # eth0 on the network's bridge, ports, peers' hosts
+                    networks.connect(attachment, runtime_root(), pid1)
+            except Exception as error:
+                # PID 1 failing meanwhile (an unknown --user) takes its namespaces with it,
+                # and the helper fails for that: PID 1's own error is the one that explains.
+                reported = _reported(channel)
+                if reported is None:
+                    raise
+                raise reported from error
             if spec.process.terminal:
                 master = parent.receive_pty(channel, forwarder)
             channel.expect("ready")
-            # Step 9: PID 1's namespaces exist and it waits; the helper joins them.
-            helper = network.start(spec.network, pid1, store.dir(spec.id), runtime_root())
-            if attachment is not None:  # eth0 on the network's bridge, ports, peers' hosts
-                networks.connect(attachment, runtime_root(), pid1)
             channel.send("start")
             parent.wait_for_exec(channel)
         finally:
@@ -375,6 +385,23 @@ def start(
         raise
     assert pid1 is not None  # set before "start" is sent
     return Started(record, pid1, master, helper, attachment, cgroup)
+
+
+def _reported(channel: Channel) -> SandboxError | None:
+    """The error PID 1 has already sent, if any (without waiting for one)."""
+    import select
+
+    if not select.select([channel.fileno()], [], [], 0)[0]:
+        return None
+    try:
+        _, fds = channel.recv()
+    except SandboxError as error:
+        return error
+    except ChannelClosed:
+        return None
+    for fd in fds:
+        os.close(fd)
+    return None
 
 
 def finish(

@@ -15,8 +15,8 @@ is close-on-exec, so its EOF tells P the command was exec'd.
   6     1     (-t) opens a pty in the container's devpts             1->P pty [master fd]
   7     P     sets the pty's window size from its terminal           P->1 pty_ready
   8     1     pivot_root, hostname, resolves the user                1->P ready
-  9     P     network helper (slirp4netns/pasta joins 1's netns),    P->1 start
-              published ports, egress rules
+  9     P     while 1 runs steps 5-8: network helper (slirp4netns/   P->1 start, once 1 is ready
+              pasta joins 1's netns), published ports, egress rules
   10    1/C   rlimits, user, caps, no_new_privs, stdio, closes fds,  EOF, or C->P error {126|127}
               seccomp last, execve
 """
