@@ -952,14 +952,13 @@ class ImageStore:
             leftovers = [t for t in tmps if t not in placed]
             if leftovers:
                 self._discard_quietly(leftovers)
-            # A failed pull leaves no trace: the lock files of layers that did not arrive go
-            # (unlinked while held; _flock_file makes a waiter take the new file instead).
-            for path in lock_paths:
-                if not (self.layers_dir / path.name[len(LAYER_LOCK_PREFIX) :]).exists():
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
             raise
         finally:
+            # The lock files go, so a failed pull or load leaves no trace and a good one no
+            # litter (unlinked while held; _flock_file makes a waiter take a new file).
+            for path in lock_paths:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             for lock in locks:
                 os.close(lock)
         return self._image(records[-1])

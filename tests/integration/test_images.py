@@ -190,3 +190,37 @@ def test_rmi_refuses_an_image_a_container_uses(
     ok(run("rmi", "-f", "used"))
     assert ok(run("images", "-q")) == "" and ok(run("ps", "-aq")) == ""
     assert _layers(fresh_sandbox_env) == []
+
+
+def test_load_that_fails_leaves_the_store_as_it_was(
+    fresh_sandbox_env: SandboxEnv, tmp_path: Path, busybox_tarball: Path
+) -> None:
+    """A load stores the layer blobs first, then unpacks them: when a layer does not unpack
+    to the diff_id its config names, the blobs it stored go too. A good load followed by rmi
+    leaves nothing either (no layer lock files)."""
+    from tests.support import oci
+
+    run = fresh_sandbox_env.run
+    ok(run("image", "import", busybox_tarball, "busybox"))
+    before = _storage_entries(fresh_sandbox_env)
+
+    bad = oci.Layout(tmp_path / "bad")
+    base = bad.layer_from_file(busybox_tarball, "gzip")
+    extra, _ = bad.layer(oci.tar_bytes([("extra", b"x\n")]), "gzip")
+    bad.tag(bad.image([base, (extra, "sha256:" + "0" * 64)]), "localhost/bad:1")
+    done = run("load", "-i", bad.root)
+    assert done.returncode == 125, (done.stdout, done.stderr)
+    assert "does not unpack to the layer the config names" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert _storage_entries(fresh_sandbox_env) == before
+
+    good = oci.Layout(tmp_path / "good")
+    good.tag(
+        good.image(
+            [good.layer_from_file(busybox_tarball, "gzip"), good.layer(oci.tar_bytes([("g", b"")]))]
+        ),
+        "localhost/good:1",
+    )
+    ok(run("load", "-i", good.root))
+    ok(run("rmi", "localhost/good:1"))
+    assert _storage_entries(fresh_sandbox_env) == before
