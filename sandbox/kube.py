@@ -8,15 +8,22 @@ seccomp (RuntimeDefault, Localhost with the profile path, or Unconfined) and the
 (runAsUser/runAsGroup/runAsNonRoot). tests/unit/test_kube.py validates what comes out against
 the Kubernetes API's JSON schema (kubernetes-validate).
 
-`pod_run_options` reads a Pod manifest (hostile input: bounded, every field type-checked, a
-field we cannot honour is an error, never silently dropped) into one RunOptions per container,
+`pod_plan` reads a Pod manifest (hostile input: bounded, every field type-checked, a field
+we cannot honour is an error, never silently dropped) into one RunOptions per container,
 named POD-CONTAINER; `sandbox kube play` creates them detached and `sandbox kube down` removes
-them. A pod's containers share one network namespace: the first container's, on the named
-network POD_NETWORK (created when missing), carrying the whole pod's published ports; the
-others run with --network container:FIRST. Both are spawned under the rootless netns holder's
-user namespace (runtime/networks.py), which is what lets the later ones join the first one's
-network namespace. The first container is the pod's network: when it exits, so does the pod's
-namespace (there is no separate infra container).
+them. A pod's containers share one network namespace, held by the pod's infra container
+POD-infra (podman's <podid>-infra; named after the pod so that `kube down`, `inspect` and
+`--network container:POD-infra` find it from the manifest alone, with no pod record; a
+container of the pod may therefore not be named "infra"). The infra container runs our own
+statically linked pause program (sandbox/libexec/pause.c) as the whole of a read-only root
+filesystem (`run --rootfs`), nothing from the pod's images; it sits on the named network
+POD_NETWORK (created when missing) and carries the whole pod's published ports. The app
+containers run with --network container:POD-infra; all of them are spawned under the rootless
+netns holder's user namespace (runtime/networks.py), which is what lets the app containers
+join the infra's network namespace. So an app container may exit, be stopped and started, or
+restart under the pod's restartPolicy, and the others keep their network and the pod its
+ports. `kube play` starts the infra first, `kube down` removes it last; with hostNetwork there
+is no namespace to hold and no infra container.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ from sandbox.spec import ContainerSpec, RunOptions
 MAX_MANIFEST = 1024 * 1024
 # The named network played pods are on (created by `kube play` when missing).
 POD_NETWORK = "kube"
+# A played pod's infra container is POD-infra (a pod's own container may not be named "infra").
+INFRA = "infra"
 # Mounts every container gets (spec.default_mounts, the cgroup mount): not the user's.
 _BUILTIN = {"/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup"}
 _ENGINE_ENV = {"HOSTNAME", "container", "TERM"}
@@ -279,8 +288,49 @@ def to_yaml(manifest: Mapping[str, Any]) -> str:
 @dataclasses.dataclass(frozen=True)
 class PodContainer:
     pod: str
-    name: str  # the sandbox container's name: POD-CONTAINER
+    name: str  # the sandbox container's name: POD-CONTAINER (POD-infra for the infra container)
     options: RunOptions
+
+
+def infra_name(pod: str) -> str:
+    """The name of the Pod's infra container."""
+    return f"{pod}-{INFRA}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Pod:
+    """A played Pod: its app containers (in manifest order, each joined to the infra
+    container's network namespace unless hostNetwork) and the ports its infra publishes."""
+
+    name: str
+    containers: tuple[PodContainer, ...]
+    publish: tuple[str, ...] = ()
+    host_network: bool = False
+
+    @property
+    def infra(self) -> str | None:
+        """The infra container's name; None with hostNetwork (no namespace to hold)."""
+        return None if self.host_network else infra_name(self.name)
+
+    def infra_container(self, rootfs: Path) -> PodContainer:
+        """The infra container: the pause program (libexec.pause_rootfs) as PID 1 of a
+        read-only root holding nothing else, on POD_NETWORK with the pod's published ports,
+        with no capability and no restart policy (its namespace cannot come back: the app
+        containers would be left in the old one)."""
+        name = infra_name(self.name)
+        options = RunOptions(
+            image=str(rootfs),
+            rootfs=True,
+            command=("/pause",),
+            name=name,
+            read_only=True,
+            network=POD_NETWORK,
+            publish=self.publish,
+            detach=True,
+            cap_drop=("ALL",),
+            security_opt=("no-new-privileges",),
+        )
+        return PodContainer(pod=self.name, name=name, options=options)
 
 
 def load_manifest(path: Path) -> list[dict[str, Any]]:
@@ -319,7 +369,7 @@ def load_manifest(path: Path) -> list[dict[str, Any]]:
     return pods
 
 
-def pod_run_options(pod: Mapping[str, Any], *, base: Path) -> list[PodContainer]:
+def pod_plan(pod: Mapping[str, Any], *, base: Path) -> Pod:
     """One detached RunOptions per container of the Pod. base: for relative hostPaths."""
     metadata = _mapping(pod.get("metadata"), "metadata")
     pod_name = _string(metadata.get("name"), "metadata.name")
@@ -341,6 +391,12 @@ def pod_run_options(pod: Mapping[str, Any], *, base: Path) -> list[PodContainer]
         name = _string(c.get("name"), f"{where}.name")
         if not _DNS_LABEL.match(name):
             raise ConfigError(f"invalid {where}.name {name!r}", hint="an RFC 1123 label")
+        if name == INFRA:
+            raise ConfigError(
+                f"{where}.name {name!r} is reserved: the pod's infra container is "
+                f"{infra_name(pod_name)}",
+                hint="rename the container",
+            )
         image = _string(c.get("image"), f"{where}.image")
         command = _strings(c.get("command"), f"{where}.command")
         args = _strings(c.get("args"), f"{where}.args")
@@ -413,21 +469,18 @@ def pod_run_options(pod: Mapping[str, Any], *, base: Path) -> list[PodContainer]
             )
         )
     if network == "host":
-        return out
-    # One network namespace per pod: the first container's, on the POD_NETWORK named network
-    # (runtime/networks.py), where the pod's ports are published; the others join it
-    # (--network container:FIRST), so localhost reaches between them.
-    first = out[0]
+        return Pod(pod_name, tuple(out), host_network=True)
+    # One network namespace per pod: the infra container's, on the POD_NETWORK named network
+    # (runtime/networks.py), where the pod's ports are published; every app container joins
+    # it (--network container:POD-infra), so localhost reaches between them, and one may exit
+    # or restart without taking the others' network (or the published ports) with it.
     ports = tuple(p for member in out for p in member.options.publish)
-    shared = [
-        dataclasses.replace(
-            first, options=dataclasses.replace(first.options, network=POD_NETWORK, publish=ports)
-        )
-    ]
-    for member in out[1:]:
-        joined = dataclasses.replace(member.options, network=f"container:{first.name}", publish=())
-        shared.append(dataclasses.replace(member, options=joined))
-    return shared
+    joined = f"container:{infra_name(pod_name)}"
+    shared = tuple(
+        dataclasses.replace(m, options=dataclasses.replace(m.options, network=joined, publish=()))
+        for m in out
+    )
+    return Pod(pod_name, shared, publish=ports)
 
 
 def _pod_volumes(raw: Any, pod: str, base: Path) -> dict[str, tuple[str, str]]:

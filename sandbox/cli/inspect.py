@@ -166,7 +166,12 @@ def container_json(container: Any, spec: Mapping[str, Any]) -> dict[str, Any]:
         },
         "HostConfig": {
             "AutoRemove": container.remove,
-            "NetworkMode": network.get("mode"),
+            # podman's "container:ID" for a joined namespace (a pod's containers: POD-infra).
+            "NetworkMode": (
+                f"container:{network.get('name')}"
+                if network.get("mode") == "container"
+                else network.get("mode")
+            ),
             "PortBindings": ports,
             "ReadonlyRootfs": bool(root.get("readonly")),
             "RestartPolicy": {"Name": spec.get("restart", "no")},

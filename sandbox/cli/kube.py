@@ -69,8 +69,11 @@ def register(app: typer.Typer) -> None:
     @group.command(
         "play",
         help="Run a Pod manifest's containers, detached, named POD-CONTAINER, sharing one "
-        "network namespace per pod (on the named network 'kube', created when missing; "
-        "localhost reaches between them).\n\nExamples:\n\n  sandbox kube play web-pod.yaml",
+        "network namespace per pod, held by the pod's infra container POD-infra (a small "
+        "pause program on the named network 'kube', created when missing, with the pod's "
+        "published ports; localhost reaches between the containers, and one may exit or "
+        "restart without the others losing their network).\n\nExamples:\n\n"
+        "  sandbox kube play web-pod.yaml",
     )
     def play(file: Path = typer.Argument(..., help="The manifest (YAML).")) -> None:
         from sandbox import config, kube
@@ -79,19 +82,18 @@ def register(app: typer.Typer) -> None:
         from sandbox.runtime.state import ContainerStore
 
         settings = config.load()
-        planned = [
-            c
-            for pod in kube.load_manifest(file)
-            for c in kube.pod_run_options(pod, base=file.resolve().parent)
-        ]
+        base = file.resolve().parent
+        pods = [kube.pod_plan(pod, base=base) for pod in kube.load_manifest(file)]
+        planned: list[kube.PodContainer] = []
+        rootfs: Path | None = None
+        for p in pods:
+            if p.infra is not None:  # first: the app containers join its network namespace
+                if rootfs is None:
+                    rootfs = _pause_rootfs()
+                    _ensure_network(settings.data_root, kube.POD_NETWORK)
+                planned.append(p.infra_container(rootfs))
+            planned.extend(p.containers)
         store = ContainerStore(settings.containers_root)
-        if any(c.options.network == kube.POD_NETWORK for c in planned):
-            from sandbox.runtime import networks
-
-            if not any(
-                n.name == kube.POD_NETWORK for n in networks.list_networks(settings.data_root)
-            ):
-                networks.create(settings.data_root, kube.POD_NETWORK)
         started: list[str] = []
         try:
             for c in planned:
@@ -100,15 +102,17 @@ def register(app: typer.Typer) -> None:
                 monitor.start(store, spec, record)
                 print(f"{c.name} {record.id}")
         except BaseException:
-            # All or nothing: a pod whose third container fails leaves no first two behind.
-            for cid in started:
+            # All or nothing: a pod whose third container fails leaves no first two behind
+            # (removed in reverse: the app containers before the infra they joined).
+            for cid in reversed(started):
                 engine.remove(settings, cid, force=True)
             raise
 
     @group.command(
         "down",
-        help="Remove the containers (and emptyDir volumes) `kube play FILE` created.\n\n"
-        "Examples:\n\n  sandbox kube down web-pod.yaml",
+        help="Remove the containers (the app containers, then the infra container) and the "
+        "emptyDir volumes `kube play FILE` created.\n\nExamples:\n\n"
+        "  sandbox kube down web-pod.yaml",
     )
     def down(file: Path = typer.Argument(..., help="The manifest (YAML).")) -> None:
         from sandbox import config, kube, volumes
@@ -117,10 +121,14 @@ def register(app: typer.Typer) -> None:
 
         settings = config.load()
         for pod in kube.load_manifest(file):
-            for c in kube.pod_run_options(pod, base=file.resolve().parent):
+            plan = kube.pod_plan(pod, base=file.resolve().parent)
+            names = [c.name for c in plan.containers]
+            if plan.infra is not None:  # last: it holds the namespace the others are in
+                names.append(plan.infra)
+            for name in names:
                 try:
-                    engine.remove(settings, c.name, force=True)
-                    print(c.name)
+                    engine.remove(settings, name, force=True)
+                    print(name)
                 except ContainerNotFound:
                     continue
             for name in kube.empty_dir_volumes(pod):
@@ -129,3 +137,25 @@ def register(app: typer.Typer) -> None:
                     volumes.remove(settings.data_root, name, mapping)
 
     app.add_typer(group, name="kube")
+
+
+def _pause_rootfs() -> Path:
+    """The infra containers' root filesystem (built on first use), or a one-line error."""
+    from sandbox import libexec
+    from sandbox.errors import HostError
+
+    rootfs, why = libexec.pause_rootfs()
+    if rootfs is None:
+        raise HostError(
+            "cannot make the pause program of a pod's infra container",
+            context=why,
+            hint=libexec.PAUSE_HINT,
+        )
+    return rootfs
+
+
+def _ensure_network(data_root: Path, name: str) -> None:
+    from sandbox.runtime import networks
+
+    if not any(n.name == name for n in networks.list_networks(data_root)):
+        networks.create(data_root, name)

@@ -154,18 +154,51 @@ def test_play_reads_a_generated_pod_back(tmp_path: Path) -> None:
         user="1000",
     )
     pod = kube.generate_pod(built(tmp_path, options), volumes_root=tmp_path / "volumes")
-    (c,) = kube.pod_run_options(pod, base=tmp_path)
+    plan = kube.pod_plan(pod, base=tmp_path)
+    (c,) = plan.containers
     o = c.options
     assert c.name == "web-1-web-1" and o.detach and o.name == c.name
     assert o.entrypoint == '["sleep", "60"]' and o.command == ()
     assert "A=1" in o.env and o.volumes == (f"{data}:/data:ro",)
-    assert o.publish == ("18080:8080/tcp",) and o.cap_drop == ("CHOWN",) and o.user == "1000"
+    assert o.cap_drop == ("CHOWN",) and o.user == "1000"
+    # The port is the pod's: its infra container publishes it, the app container joins that.
+    assert o.publish == () and o.network == "container:web-1-infra"
+    assert plan.publish == ("18080:8080/tcp",) and plan.infra == "web-1-infra"
+
+
+def test_the_infra_container_holds_the_pods_network_and_ports(tmp_path: Path) -> None:
+    pod: dict[str, Any] = {
+        "metadata": {"name": "p"},
+        "spec": {
+            "containers": [
+                {"name": "a", "image": "x", "ports": [{"containerPort": 80, "hostPort": 8080}]},
+                {
+                    "name": "b",
+                    "image": "y",
+                    "ports": [{"containerPort": 53, "hostPort": 5353, "protocol": "UDP"}],
+                },
+            ]
+        },
+    }
+    plan = kube.pod_plan(pod, base=tmp_path)
+    assert [c.options.network for c in plan.containers] == ["container:p-infra"] * 2
+    infra = plan.infra_container(tmp_path / "rootfs")
+    o = infra.options
+    assert infra.name == o.name == "p-infra" and o.image == str(tmp_path / "rootfs") and o.rootfs
+    assert o.command == ("/pause",) and o.read_only and o.detach and o.restart == "no"
+    assert o.network == kube.POD_NETWORK and o.publish == ("8080:80/tcp", "5353:53/udp")
+    assert o.cap_drop == ("ALL",) and "no-new-privileges" in o.security_opt
+    # hostNetwork: nothing to hold, no infra container.
+    pod["spec"]["hostNetwork"] = True
+    plan = kube.pod_plan(pod, base=tmp_path)
+    assert plan.infra is None and {c.options.network for c in plan.containers} == {"host"}
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         ({"containers": "x"}, "spec.containers"),
+        ({"containers": [{"name": "infra", "image": "b"}]}, "reserved: the pod's infra .* p-infra"),
         ({"containers": [{"name": "a"}]}, "image"),
         ({"containers": [{"name": "Bad_Name", "image": "b"}]}, "invalid spec.containers"),
         ({"volumes": [{"name": "v", "nfs": {}}]}, "nfs is not supported"),
@@ -195,7 +228,7 @@ def test_play_refuses_what_it_cannot_honour(change: dict[str, Any], message: str
     pod: dict[str, Any] = {"metadata": {"name": "p"}, "spec": {"containers": []}}
     pod["spec"].update(change)
     with pytest.raises(ConfigError, match=message):
-        kube.pod_run_options(pod, base=Path("/"))
+        kube.pod_plan(pod, base=Path("/"))
 
 
 def test_load_manifest_bounds_and_kinds(tmp_path: Path) -> None:
