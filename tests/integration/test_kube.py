@@ -237,6 +237,16 @@ def test_play_and_down(
         pids = (holder["pid"], holder["slirp_pid"])
         until(lambda: not any(_alive(p) for p in pids), "the holder and slirp4netns to end")
     until(lambda: not _alive(pause_pid), "the pause process to end")
+    # No C compiler: no pause program, so no pod; one line that says what to install, and
+    # nothing made (no container, no network).
+    nowhere = tmp_path / "no-cc"
+    nowhere.mkdir()
+    networks = run("network", "ls", "-q").stdout.split()
+    refused = run("kube", "play", manifest, env={"PATH": str(nowhere)})
+    assert refused.returncode == 125 and "Traceback" not in refused.stderr
+    assert "no C compiler" in refused.stderr and "apt install gcc libc6-dev" in refused.stderr
+    assert run("ps", "-a", "--format", "json").stdout.count("kp-") == 0
+    assert run("network", "ls", "-q").stdout.split() == networks
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: a}]}\n")
     refused = run("kube", "play", bad)
