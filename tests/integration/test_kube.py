@@ -403,6 +403,26 @@ def test_a_published_port_answers_while_app_containers_restart(
     assert _eth0(run, "rp-web") == address
 
 
+def test_the_pause_rootfs_holds_only_pause(
+    pause: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandbox import libexec
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    rootfs, why = libexec.pause_rootfs()
+    assert rootfs is not None, why
+    assert libexec.pause_rootfs() == (rootfs, why)  # made once
+    found = {str(p.relative_to(rootfs)): p for p in rootfs.rglob("*")}
+    regular = {name for name, p in found.items() if p.is_file() and p.stat().st_size}
+    assert regular == {"pause"}  # besides empty mount points (directories and files)
+    assert all(p.is_dir() or p.stat().st_size == 0 for name, p in found.items() if name != "pause")
+    assert not any(p.is_symlink() for p in found.values())
+    for p in (rootfs, *found.values()):
+        assert p.stat().st_uid == os.getuid() and not p.stat().st_mode & 0o022, p
+    assert (rootfs / "pause").read_bytes() == pause.read_bytes()
+    assert not [p for p in tmp_path.rglob(".*")]  # no temporary left
+
+
 _PARENT = """
 import os, sys, time
 kids = []
