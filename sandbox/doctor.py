@@ -54,6 +54,7 @@ CHECKS: dict[str, CheckInfo] = {
     "nftables": CheckInfo("nf_tables in a user namespace (--egress-allow)", WARNING),
     "podman": CheckInfo("podman (a peer that drives sandbox-runtime)", WARNING),
     "native_monitor": CheckInfo("native monitor (small idle detached containers)", WARNING),
+    "pod_infra": CheckInfo("pause program (kube play's infra containers)", WARNING),
 }
 
 

@@ -840,6 +840,28 @@ def _probe_native_monitor() -> Probe:
     return Probe(name, False, f"the Python monitor is used ({why}; ~16 MiB per container)", fix)
 
 
+def _probe_pod_infra() -> Probe:
+    """Whether `kube play` can make a pod's infra container: the static pause program."""
+    from sandbox import libexec
+
+    name = "pod_infra"
+    program, why = libexec.pause_program(build=False)
+    if program is not None:
+        return Probe(name, True, f"pods' infra containers run {program}")
+    if not why.startswith("not built yet"):
+        return Probe(name, False, f"kube play cannot run pods ({why})", fix=libexec.PAUSE_HINT)
+    # Not built yet: `cc -static` also needs libc.a, which cc finds (a full path) or not.
+    try:
+        found = subprocess.run(
+            ["cc", "-print-file-name=libc.a"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        found = ""
+    if not os.path.isabs(found):
+        return Probe(name, False, "kube play cannot run pods (no static libc)", libexec.PAUSE_HINT)
+    return Probe(name, True, why)
+
+
 # ---------------------------------------------------------------------------------------------
 # the table, the cache, the entry points
 
@@ -867,6 +889,7 @@ _PROBES: dict[str, Callable[[], Probe]] = {
     "nftables": _probe_nftables,
     "podman": lambda: _probe_binary("podman", "tests that drive sandbox-runtime through podman"),
     "native_monitor": _probe_native_monitor,
+    "pod_infra": _probe_pod_infra,
 }
 
 NAMES: tuple[str, ...] = tuple(_PROBES)

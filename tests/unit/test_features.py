@@ -32,6 +32,7 @@ EXPECTED = {
     "nftables",
     "podman",
     "native_monitor",
+    "pod_infra",
 }
 
 
