@@ -14,7 +14,8 @@ where the program would be) so that it is not retried on every start.
 Without a compiler (or with SANDBOX_MONITOR=python in the environment) the monitor stays in
 Python: it works the same, it only costs more memory. `sandbox doctor` says which is in use.
 Without a compiler (or libc.a, for the static link) there is no pause program, and `kube play`
-says so: an infra container from a pod's own images would depend on what they ship.
+says so (as does `sandbox doctor`): an infra container from a pod's own images would depend on
+what they ship.
 """
 
 from __future__ import annotations
