@@ -63,7 +63,7 @@ def _free_port() -> int:
         return port
 
 
-def _get(port: int, timeout: float = 2) -> str:
+def _get(port: int, timeout: float = 10) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=timeout) as answer:
         return str(answer.read().decode()).strip()
 
@@ -72,7 +72,7 @@ def _wait_http(port: int, timeout: float = 30) -> str:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return _get(port)
+            return _get(port, timeout=2)
         except OSError as e:
             if time.monotonic() > deadline:
                 pytest.fail(f"nothing answered on 127.0.0.1:{port}: {e}")
@@ -346,7 +346,7 @@ def test_the_network_outlives_the_first_container_stopped_and_started(
     assert _wait_http(web_port) == "from-web" and _wait_http(side_port) == "from-side"
     address = _eth0(run, "sp-side")
     # The first container goes: the second keeps its network and the pod its ports.
-    ok(run("stop", "sp-web"))
+    ok(run("stop", "-t", "1", "sp-web"))  # httpd as PID 1 ignores SIGTERM
     assert _inspect(run, "sp-web")["State"]["Running"] is False
     assert _get(side_port) == "from-side"
     assert _eth0(run, "sp-side") == address
