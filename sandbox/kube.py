@@ -370,7 +370,9 @@ def load_manifest(path: Path) -> list[dict[str, Any]]:
 
 
 def pod_plan(pod: Mapping[str, Any], *, base: Path) -> Pod:
-    """One detached RunOptions per container of the Pod. base: for relative hostPaths."""
+    """The Pod as `kube play` runs it: one detached RunOptions per app container (joined to
+    the infra container's network namespace) and the ports the infra container publishes
+    (Pod.infra_container). base: for relative hostPaths."""
     metadata = _mapping(pod.get("metadata"), "metadata")
     pod_name = _string(metadata.get("name"), "metadata.name")
     if not _DNS_LABEL.match(pod_name):
