@@ -19,7 +19,7 @@ from typing import Any
 
 from sandbox import spec as specs
 from sandbox.config import Settings
-from sandbox.errors import ContainerError, ImageNotFound
+from sandbox.errors import ContainerError, ImageError, ImageNotFound
 from sandbox.images.store import Image, ImageStore
 from sandbox.rootless import userns
 from sandbox.rootless.channel import Channel
@@ -115,7 +115,18 @@ def commit(
     try:
 
         def write(_channel: Channel) -> int:
-            layer_tar(upper, fd)
+            try:
+                layer_tar(upper, fd)
+            except OSError as e:
+                from sandbox.rootless import filesystems
+
+                if not filesystems.is_full(e):
+                    raise
+                raise ImageError(
+                    filesystems.full_message(e, Path(path)),
+                    context=f"while writing the layer of {container.name} to {path}",
+                    hint="free some space there (sandbox rmi or sandbox image prune)",
+                ) from e
             return 0
 
         userns.run(spec.mapping, write)

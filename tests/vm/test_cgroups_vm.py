@@ -38,6 +38,7 @@ INSIDE = (
     "test_import_bigger_than_the_free_space",
     "test_load_on_a_full_disk",
     "test_pull_on_a_full_disk",
+    "test_commit_on_a_full_disk",
     "test_run_and_create_on_a_full_disk",
     "test_container_that_fills_the_disk[foreground]",
     "test_container_that_fills_the_disk[detached]",
