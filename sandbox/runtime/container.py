@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandbox import spec as specs
-from sandbox import volumes
 from sandbox.config import Settings, runtime_root
 from sandbox.errors import (
     ContainerError,
@@ -128,6 +127,11 @@ def create(
             root = specs.Root("overlay", cdir / "merged", lowers, cdir / "upper", cdir / "work")
         else:
             root = specs.Root("vfs", cdir / "rootfs", lowers)
+    volumes_root = None
+    if options.volumes:  # -v NAME:PATH; sandbox/volumes.py is loaded only for a run with -v
+        from sandbox import volumes
+
+        volumes_root = volumes.root(settings.data_root)
     spec = specs.build(
         options,
         container_id=container_id,
@@ -138,18 +142,18 @@ def create(
         mapping=ctr_mapping,
         etc_dir=cdir / "etc",
         cgroup_mount=manager.name != "disabled",
-        volumes_root=volumes.root(settings.data_root),
+        volumes_root=volumes_root,
     )
     if spec.network.mode == "bridge":  # --network NAME: it must exist; its subnet is recorded
         from sandbox.runtime import networks
 
         spec = dataclasses.replace(spec, network=networks.resolve(settings.data_root, spec.network))
-    # Named volumes are created on first use, once the whole spec is valid.
-    for mount in spec.mounts:
-        if mount.type == "bind" and Path(mount.source).parent.parent == volumes.root(
-            settings.data_root
-        ):
-            volumes.create(settings.data_root, Path(mount.source).parent.name)
+    if volumes_root is not None:  # named volumes are made on first use, once the spec is valid
+        from sandbox import volumes
+
+        for mount in spec.mounts:
+            if mount.type == "bind" and Path(mount.source).parent.parent == volumes_root:
+                volumes.create(settings.data_root, Path(mount.source).parent.name)
     record = store.create(
         Container(
             id=container_id,
