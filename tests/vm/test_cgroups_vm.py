@@ -42,7 +42,8 @@ INSIDE = (
     "test_run_and_create_on_a_full_disk",
     "test_container_that_fills_the_disk[foreground]",
     "test_container_that_fills_the_disk[detached]",
-    "test_damaged_record_on_a_full_disk",
+    "test_container_that_fills_the_disk[rm]",
+    "test_record_write_on_a_full_disk",
 )
 
 

@@ -3,13 +3,13 @@ a small ext4 file system on a loop device (SANDBOX_TEST_SMALL_DISK). sandbox kee
 there (XDG_DATA_HOME, XDG_RUNTIME_DIR, HOME); a ballast file takes the free space down to what
 a test wants, and deleting it is "freeing space".
 
-What must hold: an import, load or pull that does not fit fails with exit 125 and one error
-line naming the full device (no traceback) and leaves the store as it was (the same images,
-no half layer, temporary directory or partial download), the earlier images still run, and the
-same command succeeds once there is space. A run or create on a full disk fails cleanly and
-leaves no container behind; a container that fills the disk itself gets its own ENOSPC, and
-afterwards ps, inspect, logs and rm all work. The host reports these results through
-tests/vm/test_cgroups_vm.py.
+What must hold: an import, load, pull or commit that does not fit fails with exit 125 and one
+error line naming the full device (no traceback) and leaves the store as it was (the same
+images, no half layer, temporary directory, partial download or lock file), the earlier images
+still run, and the same command succeeds once there is space. A run or create on a full disk
+fails cleanly and leaves no container behind; a container that fills the disk itself gets its
+own ENOSPC, and afterwards ps, inspect, logs and rm all work; a record that cannot be rewritten
+keeps its old content. The host reports these results through tests/vm/test_cgroups_vm.py.
 """
 
 from __future__ import annotations
@@ -296,8 +296,8 @@ def test_run_and_create_on_a_full_disk(small: SandboxEnv, disk: Path):
     assert _container_entries(small) == entries
 
 
-@pytest.mark.parametrize("detached", [False, True], ids=["foreground", "detached"])
-def test_container_that_fills_the_disk(small: SandboxEnv, disk: Path, detached: bool):
+@pytest.mark.parametrize("mode", ["foreground", "detached", "rm"])
+def test_container_that_fills_the_disk(small: SandboxEnv, disk: Path, mode: str):
     """The container's own writes fill the disk: it sees ENOSPC; sandbox keeps its record
     readable (or, where even the exit record cannot be written, says so: the record then
     reads as exited) and ps, inspect, logs and rm work; rm gives the space back."""
@@ -305,7 +305,15 @@ def test_container_that_fills_the_disk(small: SandboxEnv, disk: Path, detached: 
     _fill(disk, 8 * MiB)
     left = _free(disk)
     script = f"echo begun; dd if=/dev/zero of=/fill bs=1M count={BIG // MiB}; echo wrote=$?"
-    if detached:
+    if mode == "rm":  # removed when it ends, which needs no space
+        done = small.run("run", "--rm", *NO_NET, "busybox", "sh", "-c", script)
+        assert done.returncode == 0 and "wrote=1" in done.stdout, (done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
+        assert _containers(small) == []
+        assert _container_entries(small) == entries
+        assert _free(disk) > left - MiB
+        return
+    if mode == "detached":
         ok(small.run("run", "-d", "--name", "filler", *NO_NET, "busybox", "sh", "-c", script))
         helpers.until(
             lambda: all(c["State"] != "running" for c in _containers(small)),
@@ -327,7 +335,7 @@ def test_container_that_fills_the_disk(small: SandboxEnv, disk: Path, detached: 
     assert inspected[0]["State"]["Status"] == "exited", inspected
     logs = small.run("logs", "filler")
     assert logs.returncode == 0, logs.stderr
-    if detached:  # the monitor's log; the lines after the disk filled may be lost
+    if mode == "detached":  # the monitor's log; the lines after the disk filled may be lost
         assert logs.stdout.startswith("begun\n"), logs.stdout
     done = small.run("rm", "filler")
     assert done.returncode == 0, done.stderr
@@ -338,21 +346,19 @@ def test_container_that_fills_the_disk(small: SandboxEnv, disk: Path, detached: 
     _still_runs(small)
 
 
-def test_damaged_record_on_a_full_disk(small: SandboxEnv, disk: Path):
-    """A record that cannot be rewritten on a full disk keeps its old content (and no
-    temporary file is left beside it); rm works with no space at all."""
+def test_record_write_on_a_full_disk(small: SandboxEnv, disk: Path):
+    """A record that cannot be rewritten on a full disk keeps its old content, and no
+    temporary file is left beside it (state._write_atomic); rm works with no space at all."""
     ok(small.run("create", "--name", "kept", *NO_NET, "busybox", "true"))
     (entry,) = _containers(small)
     directory = small.data_home / "sandbox" / "containers" / str(entry["Id"])
     record = (directory / "container.json").read_bytes()
     _fill(disk, 0)
-    done = small.run("rename", "kept", "renamed")
-    if done.returncode != 0:  # the new record did not fit: the old one stands
-        _full_disk_error(done, disk)
-        assert (directory / "container.json").read_bytes() == record
-    assert not [n for n in os.listdir(directory) if n.endswith(".tmp")], os.listdir(directory)
-    names = [c["Names"] for c in _containers(small)]
-    assert names in ([["kept"]], [["renamed"]])
-    ok(small.run("rm", str(entry["Id"])))
+    _full_disk_error(small.run("rename", "kept", "renamed"), disk)
+    assert (directory / "container.json").read_bytes() == record
+    leftovers = [n for n in os.listdir(directory) if n.endswith(".tmp")]
+    assert leftovers == [], leftovers  # .container.json.PID.tmp
+    assert [c["Names"] for c in _containers(small)] == [["kept"]]
+    ok(small.run("rm", "kept"))
     assert _containers(small) == []
     _unfill(disk)
