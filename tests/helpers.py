@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -266,3 +267,12 @@ def run_detached(
     """`sandbox run -d --network none --name NAME ARGS...` (more options, the image, the
     command), which must succeed; the container's id."""
     return ok(run("run", "-d", "--network", "none", "--name", name, *args)).strip()
+
+
+def netns_holder(env: SandboxEnv) -> dict[str, int] | None:
+    """The rootless netns holder's record (pid, slirp_pid), if one is running for env."""
+    path = env.runtime_dir / "sandbox" / "netns" / "holder.json"
+    if not path.exists():
+        return None
+    data: dict[str, int] = json.loads(path.read_text())
+    return data

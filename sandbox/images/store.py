@@ -29,6 +29,7 @@ import dataclasses
 import datetime
 import errno
 import fcntl
+import functools
 import json
 import os
 import platform
@@ -38,7 +39,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sandbox.errors import (
     DigestError,
@@ -281,6 +282,23 @@ class _Pump:
             for pipe in self._pipes:
                 if pipe != -1:
                     os.close(pipe)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _full_disk_reported(
+    method: Callable[Concatenate[ImageStore, _P], _R],
+) -> Callable[Concatenate[ImageStore, _P], _R]:
+    """The method, with a full disk reported as one error naming the device (_full_disk)."""
+
+    @functools.wraps(method)
+    def reported(store: ImageStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with store._full_disk():
+            return method(store, *args, **kwargs)
+
+    return reported
 
 
 class ImageStore:
@@ -791,30 +809,8 @@ class ImageStore:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self.blob_path(digest))
 
+    @_full_disk_reported
     def add_image(
-        self,
-        *,
-        manifest: bytes,
-        manifest_type: str,
-        config: bytes,
-        layer_blobs: list[str],
-        names: list[str],
-        repo_digest: str | None = None,
-        fetch: Fetch | None = None,
-    ) -> Image:
-        """_add_image, with a full disk reported as one error naming the device."""
-        with self._full_disk():
-            return self._add_image(
-                manifest=manifest,
-                manifest_type=manifest_type,
-                config=config,
-                layer_blobs=layer_blobs,
-                names=names,
-                repo_digest=repo_digest,
-                fetch=fetch,
-            )
-
-    def _add_image(
         self,
         *,
         manifest: bytes,

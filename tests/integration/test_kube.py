@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests import helpers
-from tests.helpers import SandboxEnv, ok, until
+from tests.helpers import SandboxEnv, netns_holder, ok, until
 
 pytestmark = pytest.mark.needs("userns", "subids", "newuidmap")
 
@@ -41,15 +41,9 @@ def pause(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pause program, built as `kube play` builds it (which needs cc and a static libc)."""
     from sandbox import libexec
 
-    saved = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
         program, why = libexec.pause_program()
-    finally:
-        if saved is None:
-            del os.environ["XDG_CACHE_HOME"]
-        else:
-            os.environ["XDG_CACHE_HOME"] = saved
     if program is None:
         helpers.missing("gcc", f"kube play cannot build its pause program: {why}")
     assert program is not None
@@ -86,14 +80,6 @@ def _inspect(run: Run, name: str) -> dict[str, Any]:
 
 def _eth0(run: Run, name: str) -> str:
     return ok(run("exec", name, "ip", "-4", "-o", "addr", "show", "eth0")).split()[3]
-
-
-def _holder(env: SandboxEnv) -> dict[str, int] | None:
-    path = env.runtime_dir / "sandbox" / "netns" / "holder.json"
-    if not path.exists():
-        return None
-    data: dict[str, int] = json.loads(path.read_text())
-    return data
 
 
 def _alive(pid: int) -> bool:
@@ -224,7 +210,7 @@ def test_play_and_down(
         pause_pid = _inspect(run, "kp-infra")["State"]["Pid"]
         assert _comm(pause_pid) == "pause"  # the infra container's PID 1
     finally:
-        holder = _holder(sandbox_env)
+        holder = netns_holder(sandbox_env)
         down = run("kube", "down", manifest)
         run("network", "rm", "kube")  # the last network: its holder and slirp4netns stop
     assert down.returncode == 0, down.stderr

@@ -249,15 +249,9 @@ def native_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sandbox import libexec
 
     helpers.needs("native_monitor")
-    saved = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
         program, why = libexec.monitor_program()
-    finally:
-        if saved is None:
-            del os.environ["XDG_CACHE_HOME"]
-        else:
-            os.environ["XDG_CACHE_HOME"] = saved
     assert program is not None, why
     return program
 

@@ -19,20 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SandboxEnv, ok
+from tests.helpers import SandboxEnv, netns_holder, ok
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 pytestmark = pytest.mark.needs("userns", "subids", "newuidmap", "slirp4netns", "tun", "nftables")
 HTTPD = "mkdir -p /www && echo hello-from-{name} > /www/index.html && exec httpd -f -p 80 -h /www"
-
-
-def _holder(env: SandboxEnv) -> dict[str, int] | None:
-    path = env.runtime_dir / "sandbox" / "netns" / "holder.json"
-    if not path.exists():
-        return None
-    data: dict[str, int] = json.loads(path.read_text())
-    return data
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,7 +33,7 @@ def _no_holder_left(sandbox_env: SandboxEnv) -> Iterator[None]:
     yield
     for name in sandbox_env.run("network", "ls", "-q").stdout.split():
         sandbox_env.run("network", "rm", name)
-    holder = _holder(sandbox_env)
+    holder = netns_holder(sandbox_env)
     if holder is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(holder["pid"], signal.SIGKILL)
@@ -155,20 +147,20 @@ def test_network_errors_and_the_holder_lifecycle(
         assert busy.returncode == 125 and "life-c" in busy.stderr
         ok(sandbox("rm", "-f", "life-c"))
         # A crashed holder is detected and replaced by the next container.
-        holder = _holder(sandbox_env)
+        holder = netns_holder(sandbox_env)
         assert holder is not None
         os.kill(holder["pid"], signal.SIGKILL)
         out = ok(sandbox("run", "--rm", "--network", "life", busybox_image,
                           "ip", "-4", "addr", "show", "eth0"))  # fmt: skip
         assert "10.91.0." in out
-        replaced = _holder(sandbox_env)
+        replaced = netns_holder(sandbox_env)
         assert replaced is not None and replaced["pid"] != holder["pid"]
     finally:
         sandbox("rm", "-f", "life-c")
         ok(sandbox("network", "rm", "life"))
     if not [n for n in ok(sandbox("network", "ls", "-q")).split()]:
         # The last network removed: the holder and its slirp4netns are gone (reaped too).
-        assert _holder(sandbox_env) is None
+        assert netns_holder(sandbox_env) is None
         pids = (replaced["pid"], replaced["slirp_pid"])
         deadline = time.monotonic() + 10
         while any(map(_state_and_parent, pids)) and time.monotonic() < deadline:
