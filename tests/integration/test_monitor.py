@@ -61,6 +61,19 @@ def run(sandbox_env: SandboxEnv, monitor: str) -> Run:
     return run
 
 
+def _attach(
+    env: SandboxEnv, name: str, extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`sandbox attach NAME` with every stream a pipe of ours."""
+    return subprocess.Popen(
+        [*env.argv_prefix(), "attach", name],
+        env={**env.env, **(extra or {})},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
 def _expected_exe(env: SandboxEnv, monitor: str, pid: int) -> None:
     """The monitor runs the compiled program (it execs it right after reporting "started")."""
     cache = env.home / ".cache" / "sandbox" / "libexec"
@@ -107,13 +120,7 @@ def test_logs_and_attach_round_trip(
     container_id = run_detached(run, name, "-i", busybox_image, "sh", "-c", script)
     record = _record(sandbox_env, container_id)
     _expected_exe(sandbox_env, monitor, int(str(record["monitor_pid"])))
-    attacher = subprocess.Popen(
-        [*sandbox_env.argv_prefix(), "attach", name],
-        env={**sandbox_env.env, "SANDBOX_MONITOR": monitor},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    attacher = _attach(sandbox_env, name, {"SANDBOX_MONITOR": monitor})
     time.sleep(1)  # let it connect before the input arrives
     out, err = attacher.communicate(b"hello\n", timeout=60)
     assert attacher.returncode == 3, err
@@ -148,13 +155,7 @@ def test_input_the_container_does_not_read_never_stalls_it(
     name = f"deaf-{monitor}"
     script = "for i in $(seq 40); do echo tick-$i; sleep 0.05; done"
     container_id = run_detached(run, name, "-i", busybox_image, "sh", "-c", script)
-    attacher = subprocess.Popen(
-        [*sandbox_env.argv_prefix(), "attach", name],
-        env={**sandbox_env.env, "SANDBOX_MONITOR": monitor},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    attacher = _attach(sandbox_env, name, {"SANDBOX_MONITOR": monitor})
     out, err = attacher.communicate(b"x" * (1 << 20), timeout=60)
     ticks = [f"tick-{i}" for i in range(1, 41)]
     assert out.decode().split()[-1] == "tick-40", err
@@ -376,13 +377,7 @@ def test_attach_stays_connected_across_restarts(
         "read line; echo out=$line; exit 2",
     )
     _expected_exe(sandbox_env, monitor, int(str(_record(sandbox_env, container_id)["monitor_pid"])))
-    attacher = subprocess.Popen(
-        [*sandbox_env.argv_prefix(), "attach", name],
-        env={**sandbox_env.env, "SANDBOX_MONITOR": monitor},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    attacher = _attach(sandbox_env, name, {"SANDBOX_MONITOR": monitor})
     # Each run reads one line of the same stdin (the monitor keeps that pipe too).
     out, err = attacher.communicate(b"first\nsecond\n", timeout=60)
     # One connection sees both runs (the monitor keeps it across the restart), then the end.
@@ -454,13 +449,7 @@ def test_a_monitor_program_that_cannot_exec_falls_back_to_python(
         "-c",
         "read line; echo out=$line; exit 2",
     )
-    attacher = subprocess.Popen(
-        [*env.argv_prefix(), "attach", "fallback"],
-        env=env.env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    attacher = _attach(env, "fallback")
     out, err = attacher.communicate(b"first\nsecond\n", timeout=60)
     assert out == b"out=first\nout=second\n", err
     assert attacher.returncode == 2
