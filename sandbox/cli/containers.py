@@ -69,6 +69,12 @@ def register(app: typer.Typer) -> None:
     def rm(
         containers: list[str] = typer.Argument(..., help="Names or ids."),
         force: bool = typer.Option(False, "--force", "-f", help="Kill running ones first."),
+        depend: bool = typer.Option(
+            False,
+            "--depend",
+            help="Also remove the containers that join their network namespace (a pod's "
+            "containers, for its infra container).",
+        ),
         volumes: bool = typer.Option(
             False,
             "--volumes",
@@ -86,7 +92,7 @@ def register(app: typer.Typer) -> None:
         failed = 0
         for name in containers:
             try:
-                removed = container.remove(settings, name, force=force)
+                removed = container.remove(settings, name, force=force, depend=depend)
                 print(removed.id)
             except SandboxError as error:
                 print_error(error)

@@ -118,7 +118,7 @@ def _register_network(app: typer.Typer) -> None:
             configured = networks.members(store, name)
             if force:
                 for member in configured:
-                    container.remove(settings, member, force=True)
+                    container.remove(settings, member, force=True, depend=True)
                 configured = []
             print(networks.remove(settings.data_root, config.runtime_root(), name, configured).name)
 

@@ -522,13 +522,46 @@ def _remove_files(store: ContainerStore, container: Container, mapping: IdMappin
         ) from error
 
 
+def dependents(store: ContainerStore, container: Container) -> list[Container]:
+    """The containers, in any state, that join this one's network namespace
+    (--network container:NAME, as a pod's containers join its infra container)."""
+    found = []
+    for other in store.list():
+        if other.id == container.id or other.status == "unknown":
+            continue
+        with contextlib.suppress(SandboxError):
+            config = store.load_spec(other.id).network
+            target = config.name
+            if config.mode == "container" and (
+                target == container.name or (len(target) >= 3 and container.id.startswith(target))
+            ):
+                found.append(other)
+    return found
+
+
 def remove(
-    settings: Settings, name_or_id: str, *, force: bool = False, warn: Warn = _stderr_warn
+    settings: Settings,
+    name_or_id: str,
+    *,
+    force: bool = False,
+    depend: bool = False,
+    warn: Warn = _stderr_warn,
 ) -> Container:
-    """`sandbox rm`: stop (with force) and delete one container."""
+    """`sandbox rm`: stop (with force) and delete one container. One whose network namespace
+    others join is refused (they would be left without a network, or unable to start), unless
+    depend: then they are removed first."""
     store = ContainerStore(settings.containers_root)
     container = store.lookup(name_or_id, damaged=True)
+    users = dependents(store, container) if container.status != "unknown" else []
+    if users and not depend:
+        raise ContainerError(
+            f"container {container.name} has containers that join its network: "
+            + ", ".join(c.name for c in users),
+            hint=f"remove them first, or 'sandbox rm --depend {container.name}' removes them too",
+        )
     store.check_removable(container, force)
+    for user in users:
+        remove(settings, user.id, force=force, depend=True, warn=warn)
     if container.status == "running" and state.is_alive(container):
         (store.dir(container.id) / "stopped").touch()  # no restart by its policy
         with contextlib.suppress(ProcessLookupError):

@@ -174,10 +174,12 @@ def remove_abandoned(settings: Settings, containers: list[Container]) -> list[Co
 
 
 def prune(settings: Settings) -> list[Container]:
-    """Remove every container that is not running."""
+    """Remove every container that is not running, but for one whose network namespace a
+    running container still joins (the newest come first, so stopped joiners go before)."""
     removed = []
-    for c in ContainerStore(settings.containers_root).list():
-        if c.status != "running":
+    store = ContainerStore(settings.containers_root)
+    for c in store.list():
+        if c.status != "running" and not engine.dependents(store, c):
             engine.remove(settings, c.id)
             removed.append(c)
     return removed

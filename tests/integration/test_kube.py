@@ -198,6 +198,10 @@ def test_play_and_down(
         again = run("kube", "play", manifest)
         assert again.returncode == 125 and "kp-infra" in again.stderr
         assert "Traceback" not in again.stderr
+        # The infra holds the others' network: removing it alone is refused, as podman does.
+        alone = run("rm", "-f", "kp-infra")
+        assert alone.returncode == 125 and "Traceback" not in alone.stderr
+        assert "kp-writer" in alone.stderr and "--depend" in alone.stderr
         for name in ("kp-infra", "kp-writer", "kp-reader"):
             assert _inspect(run, name)["State"]["Running"] is True, name
         # The emptyDir is shared by the pod's containers.

@@ -548,3 +548,40 @@ def test_restart_prune_and_pause_without_a_freezer(
     assert len(pruned) == 2
     assert [c["Names"] for c in _ps(run, "-a")] == [["again"]]
     ok(run("rm", "-f", "again"))
+
+
+def test_a_container_whose_network_others_join_is_removed_only_with_them(
+    sandbox: Run, busybox_image: str
+) -> None:
+    ok(sandbox("run", "-d", "--name", "ns-owner", "--network", "none", busybox_image,
+                "sleep", "60"))  # fmt: skip
+    ok(sandbox("create", "--name", "ns-joiner", "--network", "container:ns-owner",
+                busybox_image, "true"))  # fmt: skip
+    refused = sandbox("rm", "-f", "ns-owner")
+    assert refused.returncode == 125 and "Traceback" not in refused.stderr
+    assert "ns-joiner" in refused.stderr and "rm --depend ns-owner" in refused.stderr
+    names = ok(sandbox("ps", "-a", "--format", "{{.Names}}")).split()
+    assert {"ns-owner", "ns-joiner"} <= set(names)
+    ok(sandbox("rm", "-f", "--depend", "ns-owner"))
+    names = ok(sandbox("ps", "-a", "--format", "{{.Names}}")).split()
+    assert "ns-owner" not in names and "ns-joiner" not in names
+
+
+@pytest.mark.needs("slirp4netns", "tun", "nftables")
+def test_prune_keeps_a_stopped_container_whose_network_a_running_one_joins(
+    sandbox: Run, busybox_image: str
+) -> None:
+    ok(sandbox("network", "create", "prunenet"))
+    try:
+        ok(sandbox("run", "-d", "--name", "pr-owner", "--network", "prunenet", busybox_image,
+                    "sleep", "60"))  # fmt: skip
+        ok(sandbox("run", "-d", "--name", "pr-joiner", "--network", "container:pr-owner",
+                    busybox_image, "sleep", "60"))  # fmt: skip
+        ok(sandbox("stop", "-t", "0", "pr-owner"))
+        ok(sandbox("container", "prune"))
+        names = ok(sandbox("ps", "-a", "--format", "{{.Names}}")).split()
+        assert {"pr-owner", "pr-joiner"} <= set(names)
+    finally:
+        sandbox("network", "rm", "-f", "prunenet")
+    names = ok(sandbox("ps", "-a", "--format", "{{.Names}}")).split()
+    assert "pr-owner" not in names and "pr-joiner" not in names  # network rm -f took both
