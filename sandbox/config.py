@@ -20,7 +20,7 @@ from sandbox.errors import ConfigError, HostError
 
 SYSTEM_CONFIG = Path("/etc/sandbox/config.yaml")
 
-STORAGE_DRIVERS = ("auto", "overlay", "vfs")
+STORAGE_DRIVERS = ("auto", "overlay", "fuse-overlay", "vfs")
 USERNS_MODES = ("auto", "subids", "single", "keep-id")
 CGROUPS_MODES = ("enabled", "disabled")
 CGROUP_MANAGERS = ("auto", "systemd", "cgroupfs", "disabled")

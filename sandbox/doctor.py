@@ -43,7 +43,7 @@ CHECKS: dict[str, CheckInfo] = {
     "cgroup_delegation": CheckInfo("cgroup controllers delegated", WARNING),
     "user_bus": CheckInfo("systemd user bus", WARNING),
     "overlay_userns": CheckInfo("overlay in a user namespace", WARNING),
-    "fuse-overlayfs": CheckInfo("fuse-overlayfs (storage fallback)", WARNING),
+    "fuse-overlayfs": CheckInfo("fuse-overlayfs (keep-id owners, overlay fallback)", WARNING),
     "fuse": CheckInfo("/dev/fuse", WARNING),
     "storage_fs": CheckInfo("storage directory filesystem", WARNING),
     "slirp4netns": CheckInfo("slirp4netns (network)", WARNING),

@@ -122,6 +122,11 @@ class Root:
     kind "dir": an existing directory used as it is (--rootfs).
     kind "host": a tmpfs at path with the host's /usr, /etc, /lib* bound read-only (the
     `host` image, runtime/hostroot.py).
+    kind "fuse-overlay": lowers + upper/work merged by fuse-overlayfs at path (no kernel
+    overlay in a user namespace; rootless/fuse_overlay.py).
+    shifted: with a mapping that is not the store's (keep-id), fuse-overlayfs shows the lowers
+    at this path with the image's owners (uid_shift/gid_shift: (id in the container's
+    namespace, id shown, count)), and "overlay" and "vfs" use it as their only lower.
     """
 
     kind: str
@@ -130,6 +135,9 @@ class Root:
     upper: Path | None = None
     work: Path | None = None
     readonly: bool = False
+    shifted: Path | None = None
+    uid_shift: tuple[tuple[int, int, int], ...] = ()
+    gid_shift: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

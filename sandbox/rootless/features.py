@@ -374,8 +374,9 @@ def _probe_overlay_userns() -> Probe:
         "overlay_userns",
         False,
         f"overlay inside a user namespace failed at {detail} (kernel {release})",
-        fix="use a kernel >= 5.11 (overlay with userxattr in user namespaces), or "
-        "install fuse-overlayfs; sandbox falls back to it or to copying",
+        fix="use a kernel >= 5.11 (overlay with userxattr in user namespaces); meanwhile "
+        "containers' roots are mounted with fuse-overlayfs when it and /dev/fuse work, "
+        "else copied (storage_driver in config.yaml chooses)",
     )
 
 
@@ -875,7 +876,9 @@ _PROBES: dict[str, Callable[[], Probe]] = {
     "slirp4netns": lambda: _probe_binary("slirp4netns", "networking with --network slirp4netns"),
     "pasta": lambda: _probe_binary("pasta", "networking with --network pasta"),
     "fuse-overlayfs": lambda: _probe_binary(
-        "fuse-overlayfs", "the storage fallback without kernel overlay"
+        "fuse-overlayfs",
+        "--userns=keep-id and sandbox dev need it to show image files with their owners; "
+        "the root filesystem without kernel overlay",
     ),
     "cgroup2": _probe_cgroup2,
     "sysctls": _probe_sysctls,

@@ -57,7 +57,11 @@ def storage_driver(settings: Settings) -> str:
         return settings.storage_driver
     from sandbox.rootless import features
 
-    return "overlay" if features.probe("overlay_userns").ok else "vfs"
+    if features.probe("overlay_userns").ok:
+        return "overlay"
+    # Without kernel overlay in a user namespace: fuse-overlayfs where it can run, else a copy.
+    usable = features.probe("fuse-overlayfs").ok and features.probe("fuse").ok
+    return "fuse-overlay" if usable else "vfs"
 
 
 def create(
@@ -123,10 +127,11 @@ def create(
         root = specs.Root("dir", rootfs)
     else:
         driver = storage_driver(settings)
-        if driver == "overlay":
-            root = specs.Root("overlay", cdir / "merged", lowers, cdir / "upper", cdir / "work")
+        if driver in ("overlay", "fuse-overlay"):
+            root = specs.Root(driver, cdir / "merged", lowers, cdir / "upper", cdir / "work")
         else:
             root = specs.Root("vfs", cdir / "rootfs", lowers)
+        root = _shifted(root, mapping, ctr_mapping, cdir)
     volumes_root = None
     if options.volumes:  # -v NAME:PATH; sandbox/volumes.py is loaded only for a run with -v
         from sandbox import volumes
@@ -185,6 +190,21 @@ def create(
     return spec, record
 
 
+def _shifted(root: specs.Root, storage: IdMapping, container: IdMapping, cdir: Path) -> specs.Root:
+    """A container whose mapping is not the store's (keep-id) sees the layers through
+    fuse-overlayfs with their true owners (rootless/fuse_overlay.py); checked here, before
+    anything exists, so a missing fuse-overlayfs is one error, not wrong owners."""
+    if storage.uids == container.uids and storage.gids == container.gids:
+        return root
+    from sandbox.rootless import fuse_overlay
+
+    fuse_overlay.program()
+    uids = fuse_overlay.shift(storage.uids, container.uids)
+    gids = fuse_overlay.shift(storage.gids, container.gids)
+    shifted = None if root.kind == "fuse-overlay" else cdir / "lower"
+    return dataclasses.replace(root, shifted=shifted, uid_shift=uids, gid_shift=gids)
+
+
 def cgroup_manager(
     settings: Settings, options: specs.RunOptions, store: ContainerStore, warn: Warn
 ) -> tuple[cgroups.Manager, bool]:
@@ -234,10 +254,10 @@ def run(
 
 def _prepare_dirs(spec: specs.ContainerSpec) -> None:
     root = spec.root
-    for path in (root.upper, root.work):
+    for path in (root.upper, root.work, root.shifted):
         if path is not None:
             path.mkdir(mode=0o755)
-    if root.kind in ("overlay", "host"):
+    if root.kind in ("overlay", "host", "fuse-overlay"):
         root.path.mkdir(mode=0o755)
     if not spec.etc_files:  # an OCI bundle brings its own /etc
         return

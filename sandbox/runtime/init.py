@@ -82,12 +82,24 @@ def early_namespaces(spec: ContainerSpec) -> int:
     be joined first."""
     if spec.namespace_paths:
         return 0
-    return namespace_flags(spec.namespaces) & ~syscalls.CLONE_NEWCGROUP
+    flags = namespace_flags(spec.namespaces) & ~syscalls.CLONE_NEWCGROUP
+    if spec.root.shifted is not None or spec.root.kind == "fuse-overlay":
+        # The fuse-overlayfs daemon is forked before the PID namespace exists: it must not
+        # become the container's PID 1 (rootless/fuse_overlay.py).
+        flags &= ~syscalls.CLONE_NEWPID
+    return flags
 
 
 def intermediate(spec: ContainerSpec, channel: Channel, *, unshared: int = 0) -> int:
     """Step 3: runs as root of the new user namespace; creates the rest and forks PID 1.
     unshared: the namespaces it created already (early_namespaces)."""
+    if spec.root.shifted is not None or spec.root.kind == "fuse-overlay":
+        from sandbox.rootless import fuse_overlay
+
+        # Mapped, not yet in the container's cgroup nor its PID namespace: the daemon stays
+        # outside both; the mount namespace we end up in holds its mount.
+        fuse_overlay.mount_root(spec.root)
+        unshared |= syscalls.CLONE_NEWNS
     # Step 2b: wait until the parent has put us into the container's cgroup: the cgroup
     # namespace unshared below takes the cgroup we are in as its root (/proc/self/cgroup 0::/).
     channel.expect("cgroup")
@@ -255,10 +267,13 @@ def setup_root(spec: ContainerSpec, channel: Channel) -> int | None:
 
 def _mount_root(spec: ContainerSpec) -> None:
     root = spec.root
+    lowers = root.lowers if root.shifted is None else (root.shifted,)  # keep-id: true owners
     if root.kind == "overlay":
         assert root.upper is not None and root.work is not None
-        mounts.mount_overlay(root.lowers, root.upper, root.work, root.path)
+        mounts.mount_overlay(lowers, root.upper, root.work, root.path)
         return
+    if root.kind == "fuse-overlay":
+        return  # mounted by the intermediate (fuse_overlay.mount_root): already a mount point
     if root.kind == "host":
         from sandbox.runtime import hostroot
 
@@ -267,7 +282,7 @@ def _mount_root(spec: ContainerSpec) -> None:
     if root.kind == "vfs":
         from sandbox.images import rootfs
 
-        rootfs.ensure_copy(root.lowers, root.path)
+        rootfs.ensure_copy(lowers, root.path)
     # pivot_root needs the new root to be a mount point: bind the directory onto itself.
     syscalls.mount(str(root.path), str(root.path), None, syscalls.MS_BIND | syscalls.MS_REC)
 
@@ -398,6 +413,10 @@ def _exec(spec: ContainerSpec, channel: Channel, slave: int | None, user: users.
     # to pass the filter.
     security.prepare(spec.security)
     _set_user(spec, user)
+    if os.getpid() == 1 and spec.start_fifo is None:
+        # The kernel clears PDEATHSIG when the effective ids change (keep-id, --user): set it
+        # again, or a killed sandbox would leave the container (and its fuse-overlayfs) running.
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
     security.restrict(spec.security)
     _close_fds_except({0, 1, 2, channel.fileno(), *range(3, 3 + spec.preserve_fds)})
     # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive execve.

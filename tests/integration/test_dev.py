@@ -20,19 +20,19 @@ def test_dev_keeps_files_across_stop_and_loses_them_after_rollback(
         return done.stdout
 
     try:
-        ok("dev", "--image", busybox_image, "box", "--", "sh", "-c", "echo base > /etc/base")
+        ok("dev", "--image", busybox_image, "box", "--", "sh", "-c", "echo base > /tmp/base")
         assert ok("dev", "snapshot", "box", "clean").strip() == "clean"
-        ok("dev", "box", "--", "sh", "-c", "echo kept > /etc/later; mkdir -p /opt/x; rm /etc/base")
-        assert "A /etc/later" in ok("dev", "diff", "box")
+        ok("dev", "box", "--", "sh", "-c", "echo kept > /tmp/later; mkdir -p /tmp/x; rm /tmp/base")
+        assert "A /tmp/later" in ok("dev", "diff", "box")
         refused = run("dev", "rollback", "box", "clean")
         assert refused.returncode == 125 and "stop it first" in refused.stderr
         ok("dev", "stop", "box")
         assert "exited" in ok("dev", "ls")
         # Re-entering starts it again: the file is still there.
-        assert ok("dev", "box", "--", "cat", "/etc/later") == "kept\n"
+        assert ok("dev", "box", "--", "cat", "/tmp/later") == "kept\n"
         ok("dev", "stop", "box")
         assert "rolled back" in ok("dev", "rollback", "box", "clean")
-        after = run("dev", "box", "--", "sh", "-c", "cat /etc/base; test -e /etc/later; echo $?")
+        after = run("dev", "box", "--", "sh", "-c", "cat /tmp/base; test -e /tmp/later; echo $?")
         assert after.stdout.split() == ["base", "1"], after.stderr
         listing = ok("dev", "ls")
         assert "box" in listing and "clean" in listing

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import SandboxEnv
+from tests.helpers import SandboxEnv, ok, until
 
 pytestmark = pytest.mark.needs("userns", "subids", "newuidmap")
 
@@ -65,3 +67,225 @@ def test_dev_is_the_user(sandbox_env: SandboxEnv, busybox_image: str, tmp_path: 
     finally:
         sandbox_env.run("dev", "rm", "kid")
         sandbox_env.run("volume", "rm", "dev-kid-home")
+
+
+# ---------------------------------------------------------------------------------------------
+# The image's true owners under keep-id: fuse-overlayfs shifts the layers' ids
+# (sandbox/rootless/fuse_overlay.py), and its daemon lives exactly as long as the container.
+
+OWNERS = (
+    "id -u; stat -c '%u:%g %a' /etc/shadow /root /usr/bin/passwd; "
+    'grep -c "^$(id -un):x:$(id -u):" /etc/passwd; '
+    # Nothing of the daemon is visible in the container but its mount; PID 1 is ours.
+    "cat /proc/1/comm; cat /proc/[0-9]*/comm | grep -c fuse-overlayfs || true"
+)
+
+
+def _daemons(env: SandboxEnv) -> list[int]:
+    """Live fuse-overlayfs processes serving this sandbox home (zombies are gone already)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        mine = str(env.root).encode() in b" ".join(argv)
+        if argv[0].endswith(b"fuse-overlayfs") and state != "Z" and mine:
+            found.append(int(entry.name))
+    return found
+
+
+def _no_daemons(env: SandboxEnv) -> None:
+    # The kernel ends the FUSE connection when the container's mount namespace goes; the
+    # daemon then exits on its own, a moment after the container.
+    until(lambda: not _daemons(env), "fuse-overlayfs to exit", timeout=10)
+
+
+@pytest.mark.needs("fuse", "fuse-overlayfs")
+def test_keep_id_shows_the_image_owners(
+    sandbox_env: SandboxEnv, debian_image: str, tmp_path: Path
+) -> None:
+    uid, gid = os.getuid(), os.getgid()
+    volume = tmp_path / "mine"
+    volume.mkdir()
+    (volume / "file").write_text("x")
+    out = ok(
+        sandbox_env.run(
+            "run",
+            "--rm",
+            "--userns=keep-id",
+            "-v",
+            f"{volume}:/mine",
+            debian_image,
+            "sh",
+            "-c",
+            OWNERS + "; stat -c '%u:%g' /mine/file; echo new > /mine/new",
+        )
+    )
+    lines = out.splitlines()
+    assert lines[0] == str(uid)
+    # The image's owners, as in a container with the default mapping (test_run.py).
+    assert lines[1:4] == ["0:42 640", "0:0 700", "0:0 4755"], out
+    assert lines[4] == "1", out  # the user's own passwd entry
+    assert lines[5] == "sh" and lines[6] == "0", out
+    assert lines[7] == f"{uid}:{gid}", out  # the user's files are the user's inside
+    made = (volume / "new").stat()
+    assert (made.st_uid, made.st_gid) == (uid, gid)
+    _no_daemons(sandbox_env)
+
+
+@pytest.mark.needs("fuse", "fuse-overlayfs")
+def test_keep_id_files_made_in_the_root_are_the_users(
+    sandbox_env: SandboxEnv, debian_image: str
+) -> None:
+    name = "kid-upper"
+    try:
+        ok(
+            sandbox_env.run(
+                "run",
+                "--name",
+                name,
+                "--userns=keep-id",
+                debian_image,
+                "sh",
+                "-c",
+                "echo mine > /tmp/made; mkdir /var/tmp/dir; stat -c %u:%g /tmp/made /etc/shadow",
+            )
+        )
+        cid = ok(sandbox_env.run("inspect", "--format", "{{.Id}}", name)).strip()
+        upper = sandbox_env.data_home / "sandbox" / "containers" / cid / "upper"
+        for path in (upper / "tmp" / "made", upper / "var" / "tmp" / "dir"):
+            st = path.stat()
+            assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid()), path
+        # Started again: the same view, the file still there.
+        again = ok(sandbox_env.run("start", "-a", name))
+        assert again.splitlines() == [f"{os.getuid()}:{os.getgid()}", "0:42"], again
+    finally:
+        sandbox_env.run("rm", "-f", name)
+    _no_daemons(sandbox_env)
+
+
+@pytest.mark.needs("fuse", "fuse-overlayfs")
+def test_keep_id_daemon_ends_with_the_container(
+    sandbox_env: SandboxEnv, busybox_image: str
+) -> None:
+    # Detached, then rm -f: the daemon serves while it runs, and goes with it.
+    ok(
+        sandbox_env.run(
+            "run", "-d", "--name", "kid-d", "--userns=keep-id", busybox_image, "sleep", "600"
+        )
+    )
+    try:
+        assert len(_daemons(sandbox_env)) == 1
+        # Not in the container's PID namespace, nor in its cgroup.
+        out = ok(sandbox_env.run("exec", "kid-d", "sh", "-c", "cat /proc/[0-9]*/comm"))
+        assert "fuse-overlayfs" not in out
+    finally:
+        ok(sandbox_env.run("rm", "-f", "kid-d"))
+    _no_daemons(sandbox_env)
+    # A foreground run whose sandbox is SIGKILLed: PID 1 dies with it, and so does the daemon.
+    process = subprocess.Popen(
+        [
+            *sandbox_env.argv_prefix(),
+            "run",
+            "--rm",
+            "--userns=keep-id",
+            busybox_image,
+            "sleep",
+            "600",
+        ],
+        env=sandbox_env.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        until(lambda: bool(_daemons(sandbox_env)), "the container's fuse-overlayfs")
+        until(lambda: _sleeping(process.pid), "the container's command")
+        process.kill()
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+    _no_daemons(sandbox_env)
+    until(lambda: not _sleeping(process.pid), "the container to die with sandbox", timeout=10)
+
+
+def _sleeping(parent: int) -> bool:
+    """Whether a `sleep 600` that `sandbox` (pid parent) started is alive."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes()
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if argv == b"sleep\x00600\x00" and state != "Z":
+                return True
+    return False
+
+
+@pytest.mark.needs("fuse", "fuse-overlayfs")
+def test_keep_id_without_fuse_overlayfs_is_one_error(
+    fresh_sandbox_env: SandboxEnv, busybox_tarball: Path, tmp_path: Path
+) -> None:
+    env = fresh_sandbox_env
+    ok(env.run("image", "import", busybox_tarball, "kidbox"))
+    # A PATH with the helpers a run needs, but no fuse-overlayfs.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for program in ("newuidmap", "newgidmap", "getsubids", "slirp4netns", "pasta"):
+        found = shutil.which(program)
+        if found:
+            (bin_dir / program).symlink_to(found)
+    path = {"PATH": str(bin_dir)}
+    done = env.run("run", "--rm", "--userns=keep-id", "kidbox", "true", env=path)
+    assert done.returncode == 125, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "fuse-overlayfs is not installed" in done.stderr
+    assert "apt install fuse-overlayfs" in done.stderr
+    # Nothing was created.
+    assert ok(env.run("ps", "-a", "-q")).strip() == ""
+    assert not list((env.data_home / "sandbox" / "containers").glob("*"))
+    # The default mapping needs no fuse-overlayfs; doctor names what keep-id lacks.
+    ok(env.run("run", "--rm", "kidbox", "true", env=path))
+    doctor = env.run("doctor", env=path).stdout
+    assert "keep-id" in doctor and "apt install fuse-overlayfs" in doctor, doctor
+
+
+@pytest.mark.needs("fuse", "fuse-overlayfs")
+@pytest.mark.parametrize("userns", ["auto", "keep-id"])
+def test_fuse_overlay_root_when_forced(
+    fresh_sandbox_env: SandboxEnv, debian_tarball: Path, userns: str
+) -> None:
+    """storage_driver: fuse-overlay (what `auto` picks when the kernel cannot mount overlay in
+    a user namespace): fuse-overlayfs is the whole root, with the image's owners."""
+    env = fresh_sandbox_env
+    config = env.config_home / "sandbox" / "config.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("storage_driver: fuse-overlay\n")
+    ok(env.run("image", "import", debian_tarball, "deb"))
+    out = ok(
+        env.run(
+            "run",
+            "--rm",
+            f"--userns={userns}",
+            "-u",
+            "0",  # root of the container: it may write anywhere in the root
+            "deb",
+            "sh",
+            "-c",
+            "stat -c '%u:%g %a' /etc/shadow /usr/bin/passwd; grep -c fuse-overlayfs /proc/mounts;"
+            "echo w > /w; cat /w; rm /usr/bin/passwd && "
+            "test ! -e /usr/bin/passwd && echo removed",
+        )
+    )
+    assert out.splitlines() == ["0:42 640", "0:0 4755", "1", "w", "removed"], out
+    _no_daemons(env)

@@ -1,0 +1,218 @@
+"""fuse-overlayfs: the image's layers with their true owners under another mapping than the store's.
+
+The layer store is unpacked with the storage mapping (container 0 -> the user, 1.. -> the
+subordinate ids). A container with another mapping (--userns=keep-id: the user's uid is itself
+inside) would see every root-owned image file as the user's and the rest shifted by one, and
+one host id cannot show as two container ids. Rootless, the kernel offers no id-shifting view
+(idmapped mounts need CAP_SYS_ADMIN in the filesystem's user namespace), so, as podman does,
+fuse-overlayfs merges the layers and translates owners on the fly (-o uidmapping/gidmapping):
+no copy, nothing chowned, the store stays shared.
+
+Two uses (spec.Root):
+- Root.shifted: fuse-overlayfs shows the lower layers (read-only) at that path; the kernel
+  overlay (with the container's own upper dir) is mounted on top of it by PID 1, so files the
+  container writes land in the upper dir with the container's ids (keep-id: the user's own).
+- Root kind "fuse-overlay": fuse-overlayfs is the whole root (lowers + upper), the fallback
+  where the kernel cannot mount overlay in a user namespace.
+
+Process model (why the namespace dance in mount()): the daemon runs as root of the container's
+user namespace (it must see the container's ids), forked by the intermediate before the PID
+namespace exists (so it is never the container's PID 1 and the container cannot see it) and
+outside the container's cgroup. It mounts in a mount namespace of its own; the intermediate
+then unshares the container's mount namespace (a copy that holds the mount) and detaches the
+mount from the daemon's namespace. The mount then lives only in the container's mount
+namespace: when the container's last process exits, the kernel drops the mount, the FUSE
+connection ends and the daemon exits. No pid to track, no signal to send, and a SIGKILLed
+sandbox (PID 1 dies by PDEATHSIG) still leaves no daemon behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sandbox.errors import ContainerError, HostError
+from sandbox.rootless import syscalls
+from sandbox.rootless.idmap import IdMapping, IdRange
+
+if TYPE_CHECKING:
+    from sandbox.spec import Root
+
+PROGRAM = "fuse-overlayfs"
+INSTALL_HINT = "install fuse-overlayfs (apt install fuse-overlayfs) and make /dev/fuse usable"
+
+# (id inside the container's user namespace, id shown in the mount, count) per range.
+Shift = tuple[tuple[int, int, int], ...]
+
+
+def shift(storage: Sequence[IdRange], container: Sequence[IdRange]) -> Shift:
+    """What fuse-overlayfs must translate so that a file stored as image id N shows as N.
+
+    A layer file owned by image id N is owned on the host by storage(N); running in the
+    container's namespace, the daemon sees it as container^-1(storage(N)) and shows N.
+    Host ids the container does not map are left out (they show as the overflow id).
+    """
+    out: list[tuple[int, int, int]] = []
+    for s in storage:
+        for c in container:
+            low = max(s.outside, c.outside)
+            high = min(s.outside + s.size, c.outside + c.size)
+            if low < high:
+                out.append((c.inside + low - c.outside, s.inside + low - s.outside, high - low))
+    return tuple(sorted(out))
+
+
+def shifts(storage: IdMapping, container: IdMapping) -> tuple[Shift, Shift] | None:
+    """(uid shift, gid shift), or None when the container's mapping is the store's own."""
+    if (storage.uids, storage.gids) == (container.uids, container.gids):
+        return None
+    return shift(storage.uids, container.uids), shift(storage.gids, container.gids)
+
+
+def option(ranges: Shift) -> str:
+    """fuse-overlayfs's uidmapping/gidmapping value: SEEN:SHOWN:COUNT, all joined by ':'."""
+    return ":".join(f"{seen}:{shown}:{count}" for seen, shown, count in ranges)
+
+
+def program() -> str:
+    """The fuse-overlayfs binary, checked before anything is created."""
+    path = shutil.which(PROGRAM)
+    if path is None:
+        raise HostError(
+            "fuse-overlayfs is not installed: it shows the image's files with their owners "
+            "under this id mapping",
+            hint=f"{INSTALL_HINT}, or run without --userns=keep-id",
+        )
+    return path
+
+
+def arguments(
+    lowers: Sequence[Path],
+    target: Path,
+    uids: Shift,
+    gids: Shift,
+    *,
+    upper: Path | None = None,
+    work: Path | None = None,
+) -> list[str]:
+    """The command line: lowers lowest first (as spec.Root holds them)."""
+    options = [f"lowerdir={':'.join(str(p) for p in reversed(lowers))}"]
+    if upper is not None and work is not None:
+        options += [f"upperdir={upper}", f"workdir={work}"]
+    if uids:
+        options.append(f"uidmapping={option(uids)}")
+    if gids:
+        options.append(f"gidmapping={option(gids)}")
+    # Without an upper dir the view is read-only anyway; say so to the kernel too.
+    flags = ["-o", "ro"] if upper is None else []
+    return [PROGRAM, "-o", ",".join(options), *flags, str(target)]
+
+
+def needed(root: Root) -> bool:
+    """Whether this root needs a fuse-overlayfs daemon (started by the intermediate)."""
+    return root.shifted is not None or root.kind == "fuse-overlay"
+
+
+def mount_root(root: Root) -> None:
+    """The intermediate's part of the root: the shifted lowers, or the whole fuse root."""
+    if root.kind == "fuse-overlay":
+        target = root.path
+        argv = arguments(
+            root.lowers, target, root.uid_shift, root.gid_shift, upper=root.upper, work=root.work
+        )
+    else:
+        assert root.shifted is not None
+        target = root.shifted
+        argv = arguments(root.lowers, target, root.uid_shift, root.gid_shift)
+    mount(argv, target)
+
+
+def mount(argv: list[str], target: Path) -> None:
+    """Run fuse-overlayfs so that its mount ends up in a new mount namespace of ours only.
+
+    Runs as root of the container's user namespace, single-threaded, before the PID namespace
+    is unshared. On return we are in a new mount namespace holding the mount; the daemon's
+    namespace no longer has it (see the module docstring for why).
+    """
+    # A namespace for the daemon: a copy of the one we are in, made private so that the
+    # detach below cannot propagate into the copy we keep.
+    syscalls.unshare(syscalls.CLONE_NEWNS)
+    syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+    daemons = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _start(argv)
+        try:
+            syscalls.unshare(syscalls.CLONE_NEWNS)  # ours: a copy with the mount in it
+            ours = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                syscalls.umount2(str(target), syscalls.MNT_DETACH)
+            raise
+        try:
+            syscalls.setns(daemons, syscalls.CLONE_NEWNS)
+            # Only our copy keeps the filesystem now: it dies with the container's namespace.
+            syscalls.umount2(str(target), syscalls.MNT_DETACH)
+            syscalls.setns(ours, syscalls.CLONE_NEWNS)
+        finally:
+            os.close(ours)
+    except OSError as e:
+        raise ContainerError(
+            "cannot mount the container's fuse-overlayfs view", context=str(e)
+        ) from e
+    finally:
+        os.close(daemons)
+
+
+def _start(argv: list[str]) -> None:
+    """fork + exec fuse-overlayfs; its first process exits 0 once the mount is in place (the
+    daemon it forks keeps serving, in a session of its own, stdio on /dev/null)."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            null = os.open("/dev/null", os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            os.dup2(write_end, 2)
+            # Nothing of ours (the protocol socket above all) may stay open in the daemon.
+            os.closerange(3, _max_fd())
+            os.execvp(argv[0], argv)
+        except OSError as e:
+            os.write(2, f"{argv[0]}: {e.strerror}\n".encode())
+        os._exit(127)
+    os.close(write_end)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(read_end, 4096)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        if len(chunks) < 4:  # the last lines say why it failed; the rest is drained
+            chunks.append(chunk)
+    os.close(read_end)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    if os.waitstatus_to_exitcode(status) != 0:
+        lines = b"".join(chunks).decode("utf-8", "replace").strip().splitlines()
+        raise ContainerError(
+            "fuse-overlayfs failed to mount the container's root",
+            context=lines[-1] if lines else f"exit status {os.waitstatus_to_exitcode(status)}",
+            hint="run 'sandbox doctor' (checks fuse and fuse-overlayfs)",
+        )
+
+
+def _max_fd() -> int:
+    try:
+        return int(os.sysconf("SC_OPEN_MAX"))
+    except (ValueError, OSError):
+        return 65536
