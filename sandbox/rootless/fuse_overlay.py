@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from sandbox.errors import ContainerError, HostError
 from sandbox.rootless import syscalls
-from sandbox.rootless.idmap import IdMapping, IdRange
+from sandbox.rootless.idmap import IdRange
 
 if TYPE_CHECKING:
     from sandbox.spec import Root
@@ -66,13 +66,6 @@ def shift(storage: Sequence[IdRange], container: Sequence[IdRange]) -> Shift:
     return tuple(sorted(out))
 
 
-def shifts(storage: IdMapping, container: IdMapping) -> tuple[Shift, Shift] | None:
-    """(uid shift, gid shift), or None when the container's mapping is the store's own."""
-    if (storage.uids, storage.gids) == (container.uids, container.gids):
-        return None
-    return shift(storage.uids, container.uids), shift(storage.gids, container.gids)
-
-
 def option(ranges: Shift) -> str:
     """fuse-overlayfs's uidmapping/gidmapping value: SEEN:SHOWN:COUNT, all joined by ':'."""
     return ":".join(f"{seen}:{shown}:{count}" for seen, shown, count in ranges)
@@ -87,6 +80,15 @@ def program() -> str:
             "under this id mapping",
             hint=f"{INSTALL_HINT}, or run without --userns=keep-id",
         )
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC))
+    except OSError as e:
+        raise HostError(
+            "cannot open /dev/fuse: fuse-overlayfs shows the image's files with their owners "
+            "under this id mapping",
+            context=e.strerror,
+            hint="as root: modprobe fuse; chmod 0666 /dev/fuse (as distributions ship it)",
+        ) from e
     return path
 
 
