@@ -74,11 +74,18 @@ def _enter(
         return _join_running(container, work)
 
     def mounted(channel: Channel) -> int:
-        mounts.make_private()
         root = spec.root
+        if root.kind == "fuse-overlay" or (root.kind == "overlay" and root.shifted is not None):
+            from sandbox.rootless import fuse_overlay
+
+            # As the container sees its root (keep-id's true owners); the daemon ends with
+            # this process's mount namespace.
+            fuse_overlay.mount_root(root)
+        mounts.make_private()
         if root.kind == "overlay":
             assert root.upper is not None and root.work is not None
-            mounts.mount_overlay(root.lowers, root.upper, root.work, root.path)
+            lowers = root.lowers if root.shifted is None else (root.shifted,)
+            mounts.mount_overlay(lowers, root.upper, root.work, root.path)
         elif root.kind == "vfs" and not root.path.exists():
             raise ContainerError(
                 f"container {container.name} has never run",

@@ -163,6 +163,10 @@ def test_keep_id_files_made_in_the_root_are_the_users(
         # Started again: the same view, the file still there.
         again = ok(sandbox_env.run("start", "-a", name))
         assert again.splitlines() == [f"{os.getuid()}:{os.getgid()}", "0:42"], again
+        # cp from the stopped container sees the root as it does.
+        out = sandbox_env.root / "made"
+        ok(sandbox_env.run("cp", f"{name}:/tmp/made", out))
+        assert out.read_text() == "mine\n"
     finally:
         sandbox_env.run("rm", "-f", name)
     _no_daemons(sandbox_env)
@@ -288,4 +292,13 @@ def test_fuse_overlay_root_when_forced(
         )
     )
     assert out.splitlines() == ["0:42 640", "0:0 4755", "1", "w", "removed"], out
+    # cp into a container that never ran: through the same fuse-overlayfs root it will have.
+    source = env.root / "in.txt"
+    source.write_text("copied\n")
+    ok(env.run("create", "--name", "fc", f"--userns={userns}", "deb", "cat", "/in.txt"))
+    try:
+        ok(env.run("cp", source, "fc:/in.txt"))
+        assert ok(env.run("start", "-a", "fc")) == "copied\n"
+    finally:
+        env.run("rm", "-f", "fc")
     _no_daemons(env)
