@@ -8,6 +8,9 @@ is close-on-exec, so its EOF tells P the command was exec'd.
   1     I     unshare(CLONE_NEWUSER)                                 I->P unshared
   2     P     newuidmap/newgidmap on I; meanwhile I unshares mount,  P->I mapped
               PID, net, IPC and UTS (early_namespaces)
+  2a    I     (keep-id, fuse-overlay root; PID left for step 3) forks
+              fuse-overlayfs, keeps its mount in a new mount namespace
+              (rootless/fuse_overlay.py)
   2b    P     moves I into the container's cgroup, limits written    P->I cgroup
   3     I     unshare(cgroup, time); fork 1                          I->P pid1 {pid}; I exits
   4     P     reaps I; 1 is reparented to P (a child subreaper)      P->1 reparented
