@@ -302,3 +302,19 @@ def test_fuse_overlay_root_when_forced(
     finally:
         env.run("rm", "-f", "fc")
     _no_daemons(env)
+
+
+@pytest.mark.needs("fuse", "fuse-overlayfs")
+def test_keep_id_vfs_copy_has_the_image_owners(
+    fresh_sandbox_env: SandboxEnv, busybox_tarball: Path
+) -> None:
+    """storage_driver: vfs copies the layers through the shifted view once, with true owners."""
+    env = fresh_sandbox_env
+    config = env.config_home / "sandbox" / "config.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("storage_driver: vfs\n")
+    ok(env.run("image", "import", busybox_tarball, "vbox"))
+    script = "stat -c %u:%g /bin /etc/passwd; id -u; touch /tmp/t; stat -c %u /tmp/t"
+    out = ok(env.run("run", "--rm", "--userns=keep-id", "vbox", "sh", "-c", script))
+    assert out.splitlines() == ["0:0", f"{os.getuid()}:{os.getgid()}", *[str(os.getuid())] * 2]
+    _no_daemons(env)
