@@ -15,15 +15,16 @@ Two uses (spec.Root):
 - Root kind "fuse-overlay": fuse-overlayfs is the whole root (lowers + upper), the fallback
   where the kernel cannot mount overlay in a user namespace.
 
-Process model (why the namespace dance in mount()): the daemon runs as root of the container's
-user namespace (it must see the container's ids), forked by the intermediate before the PID
-namespace exists (so it is never the container's PID 1 and the container cannot see it) and
-outside the container's cgroup. It mounts in a mount namespace of its own; the intermediate
-then unshares the container's mount namespace (a copy that holds the mount) and detaches the
-mount from the daemon's namespace. The mount then lives only in the container's mount
-namespace: when the container's last process exits, the kernel drops the mount, the FUSE
-connection ends and the daemon exits. No pid to track, no signal to send, and a SIGKILLed
-sandbox (PID 1 dies by PDEATHSIG) still leaves no daemon behind.
+Process model: the daemon runs as root of the container's user namespace (it must see the
+container's ids), forked by the intermediate before the PID namespace exists (so it is never
+the container's PID 1 and the container cannot see it) and outside the container's cgroup.
+The intermediate opens /dev/fuse and mounts it itself, in the mount namespace the container
+will have; the daemon gets the connection as /dev/fd/N and runs in a copy of that namespace
+from which it has detached the mount. The mount thus lives only in the container's mount
+namespace: when the container's last process exits, the kernel drops it, the FUSE connection
+ends and the daemon exits by itself. No pid to track, no signal to send: a SIGKILLed sandbox
+(PID 1 dies by PDEATHSIG), or one killed while the daemon starts (the intermediate dies with
+it, and its namespace with the mount), leaves no daemon behind.
 """
 
 from __future__ import annotations
@@ -94,14 +95,13 @@ def program() -> str:
 
 def arguments(
     lowers: Sequence[Path],
-    target: Path,
     uids: Shift,
     gids: Shift,
     *,
     upper: Path | None = None,
     work: Path | None = None,
 ) -> list[str]:
-    """The command line: lowers lowest first (as spec.Root holds them)."""
+    """fuse-overlayfs's command line but the mount point: lowers lowest first (as spec.Root)."""
     options = [f"lowerdir={':'.join(str(p) for p in reversed(lowers))}"]
     if upper is not None and work is not None:
         options += [f"upperdir={upper}", f"workdir={work}"]
@@ -109,82 +109,83 @@ def arguments(
         options.append(f"uidmapping={option(uids)}")
     if gids:
         options.append(f"gidmapping={option(gids)}")
-    # Without an upper dir the view is read-only anyway; say so to the kernel too.
-    flags = ["-o", "ro"] if upper is None else []
-    return [PROGRAM, "-o", ",".join(options), *flags, str(target)]
-
-
-def needed(root: Root) -> bool:
-    """Whether this root needs a fuse-overlayfs daemon (started by the intermediate)."""
-    return root.shifted is not None or root.kind == "fuse-overlay"
+    return [PROGRAM, "-o", ",".join(options)]
 
 
 def mount_root(root: Root) -> None:
     """The intermediate's part of the root: the shifted lowers, or the whole fuse root."""
     if root.kind == "fuse-overlay":
-        target = root.path
         argv = arguments(
-            root.lowers, target, root.uid_shift, root.gid_shift, upper=root.upper, work=root.work
+            root.lowers, root.uid_shift, root.gid_shift, upper=root.upper, work=root.work
         )
+        mount(argv, root.path, readonly=False)
     else:
         assert root.shifted is not None
-        target = root.shifted
-        argv = arguments(root.lowers, target, root.uid_shift, root.gid_shift)
-    mount(argv, target)
+        mount(arguments(root.lowers, root.uid_shift, root.gid_shift), root.shifted, readonly=True)
 
 
-def mount(argv: list[str], target: Path) -> None:
-    """Run fuse-overlayfs so that its mount ends up in a new mount namespace of ours only.
+def mount(argv: list[str], target: Path, *, readonly: bool) -> None:
+    """Mount a FUSE filesystem at target in our mount namespace, served by fuse-overlayfs
+    running in a namespace of its own that does not hold the mount.
 
-    Runs as root of the container's user namespace, single-threaded, before the PID namespace
-    is unshared. On return we are in a new mount namespace holding the mount; the daemon's
-    namespace no longer has it (see the module docstring for why).
+    We open /dev/fuse and mount it ourselves; the daemon gets the connection as /dev/fd/N
+    (libfuse's way for a caller that mounts). Runs as root of the container's user namespace,
+    single-threaded, in the mount namespace the container will have, before the PID namespace
+    is unshared (see the module docstring for why).
     """
-    # A namespace for the daemon: a copy of the one we are in, made private so that the
-    # detach below cannot propagate into the copy we keep.
-    syscalls.unshare(syscalls.CLONE_NEWNS)
+    # Nothing mounted here may propagate to the daemon's copy below, or anywhere else.
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
-    daemons = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _start(argv)
+        device = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        raise ContainerError("cannot open /dev/fuse", context=e.strerror, hint=INSTALL_HINT) from e
+    try:
+        flags = syscalls.MS_NODEV | syscalls.MS_NOATIME | (syscalls.MS_RDONLY if readonly else 0)
+        # fuse-overlayfs's own options (it checks permissions through default_permissions;
+        # allow_other lets the container's other users in).
+        data = (
+            f"fd={device},rootmode=40000,user_id={os.getuid()},group_id={os.getgid()},"
+            "default_permissions,allow_other"
+        )
         try:
-            syscalls.unshare(syscalls.CLONE_NEWNS)  # ours: a copy with the mount in it
-            ours = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+            syscalls.mount(PROGRAM, str(target), f"fuse.{PROGRAM}", flags, data)
+        except OSError as e:
+            raise ContainerError(
+                f"cannot mount FUSE on {target}", context=e.strerror, hint=INSTALL_HINT
+            ) from e
+        try:
+            _start([*argv, f"/dev/fd/{device}"], device, target)
         except BaseException:
+            # The connection ends with the mount: nothing is left to serve it.
             with contextlib.suppress(OSError):
                 syscalls.umount2(str(target), syscalls.MNT_DETACH)
             raise
-        try:
-            syscalls.setns(daemons, syscalls.CLONE_NEWNS)
-            # Only our copy keeps the filesystem now: it dies with the container's namespace.
-            syscalls.umount2(str(target), syscalls.MNT_DETACH)
-            syscalls.setns(ours, syscalls.CLONE_NEWNS)
-        finally:
-            os.close(ours)
-    except OSError as e:
-        raise ContainerError(
-            "cannot mount the container's fuse-overlayfs view", context=str(e)
-        ) from e
     finally:
-        os.close(daemons)
+        os.close(device)
 
 
-def _start(argv: list[str]) -> None:
-    """fork + exec fuse-overlayfs; its first process exits 0 once the mount is in place (the
-    daemon it forks keeps serving, in a session of its own, stdio on /dev/null)."""
+def _start(argv: list[str], device: int, target: Path) -> None:
+    """fork + exec fuse-overlayfs; its first process exits 0 once it serves (the daemon it
+    forks goes on, in a session of its own, stdio on /dev/null)."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         try:
+            # A mount namespace of its own without the mount: otherwise the daemon would hold
+            # the filesystem it serves, and neither would ever go away.
+            syscalls.unshare(syscalls.CLONE_NEWNS)
+            syscalls.umount2(str(target), syscalls.MNT_DETACH)
             null = os.open("/dev/null", os.O_RDWR)
             os.dup2(null, 0)
             os.dup2(null, 1)
             os.dup2(write_end, 2)
             # Nothing of ours (the protocol socket above all) may stay open in the daemon.
-            os.closerange(3, _max_fd())
+            os.closerange(3, device)
+            os.closerange(device + 1, _max_fd())
+            os.set_inheritable(device, True)
             os.execvp(argv[0], argv)
         except OSError as e:
-            os.write(2, f"{argv[0]}: {e.strerror}\n".encode())
+            os.write(2, f"{argv[0]}: {e}\n".encode())
         os._exit(127)
     os.close(write_end)
     chunks: list[bytes] = []
@@ -207,7 +208,7 @@ def _start(argv: list[str]) -> None:
     if os.waitstatus_to_exitcode(status) != 0:
         lines = b"".join(chunks).decode("utf-8", "replace").strip().splitlines()
         raise ContainerError(
-            "fuse-overlayfs failed to mount the container's root",
+            "fuse-overlayfs failed to serve the container's root",
             context=lines[-1] if lines else f"exit status {os.waitstatus_to_exitcode(status)}",
             hint="run 'sandbox doctor' (checks fuse and fuse-overlayfs)",
         )

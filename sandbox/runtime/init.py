@@ -8,9 +8,9 @@ is close-on-exec, so its EOF tells P the command was exec'd.
   1     I     unshare(CLONE_NEWUSER)                                 I->P unshared
   2     P     newuidmap/newgidmap on I; meanwhile I unshares mount,  P->I mapped
               PID, net, IPC and UTS (early_namespaces)
-  2a    I     (keep-id, fuse-overlay root; PID left for step 3) forks
-              fuse-overlayfs, keeps its mount in a new mount namespace
-              (rootless/fuse_overlay.py)
+  2a    I     (keep-id, fuse-overlay root; PID left for step 3) mounts
+              /dev/fuse, forks fuse-overlayfs to serve it from a mount
+              namespace without the mount (rootless/fuse_overlay.py)
   2b    P     moves I into the container's cgroup, limits written    P->I cgroup
   3     I     unshare(cgroup, time); fork 1                          I->P pid1 {pid}; I exits
   4     P     reaps I; 1 is reparented to P (a child subreaper)      P->1 reparented
@@ -100,9 +100,11 @@ def intermediate(spec: ContainerSpec, channel: Channel, *, unshared: int = 0) ->
         from sandbox.rootless import fuse_overlay
 
         # Mapped, not yet in the container's cgroup nor its PID namespace: the daemon stays
-        # outside both; the mount namespace we end up in holds its mount.
+        # outside both. Its mount goes into the container's mount namespace, made here.
+        if not unshared & syscalls.CLONE_NEWNS:
+            syscalls.unshare(syscalls.CLONE_NEWNS)
+            unshared |= syscalls.CLONE_NEWNS
         fuse_overlay.mount_root(spec.root)
-        unshared |= syscalls.CLONE_NEWNS
     # Step 2b: wait until the parent has put us into the container's cgroup: the cgroup
     # namespace unshared below takes the cgroup we are in as its root (/proc/self/cgroup 0::/).
     channel.expect("cgroup")

@@ -318,3 +318,25 @@ def test_keep_id_vfs_copy_has_the_image_owners(
     out = ok(env.run("run", "--rm", "--userns=keep-id", "vbox", "sh", "-c", script))
     assert out.splitlines() == ["0:0", f"{os.getuid()}:{os.getgid()}", *[str(os.getuid())] * 2]
     _no_daemons(env)
+
+
+@pytest.mark.needs("fuse", "fuse-overlayfs")
+def test_a_failing_fuse_overlayfs_is_one_error(
+    fresh_sandbox_env: SandboxEnv, busybox_tarball: Path, tmp_path: Path
+) -> None:
+    env = fresh_sandbox_env
+    ok(env.run("image", "import", busybox_tarball, "kidbox"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for program in ("newuidmap", "newgidmap", "getsubids", "slirp4netns", "pasta", "sh"):
+        found = shutil.which(program)
+        if found:
+            (bin_dir / program).symlink_to(found)
+    fake = bin_dir / "fuse-overlayfs"
+    fake.write_text("#!/bin/sh\necho 'fuse: something is wrong' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    done = env.run("run", "--rm", "--userns=keep-id", "kidbox", "true", env={"PATH": str(bin_dir)})
+    assert done.returncode == 125, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "fuse-overlayfs failed" in done.stderr and "something is wrong" in done.stderr
+    assert ok(env.run("ps", "-a", "-q")).strip() == ""

@@ -42,14 +42,9 @@ def test_keep_id_shift_for_a_uid_beyond_the_range_and_split_subids() -> None:
 
 def test_options_are_joined() -> None:
     assert fuse_overlay.option(((0, 1, 1001), (1001, 0, 1))) == "0:1:1001:1001:0:1"
-    argv = fuse_overlay.arguments(
-        [Path("/l/a"), Path("/l/b")], Path("/m"), ((1001, 0, 1),), ((5, 6, 7),)
-    )
+    argv = fuse_overlay.arguments([Path("/l/a"), Path("/l/b")], ((1001, 0, 1),), ((5, 6, 7),))
     assert argv == [
         "fuse-overlayfs",
         "-o",
         "lowerdir=/l/b:/l/a,uidmapping=1001:0:1,gidmapping=5:6:7",
-        "-o",
-        "ro",
-        "/m",
     ]
