@@ -1,11 +1,15 @@
-"""fuse_overlay.shift: the id translation that shows a layer's files with the image's owners."""
+"""fuse_overlay: the id shift that shows layers with their owners; the storage fallback order."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sandbox.rootless import fuse_overlay, idmap
+import pytest
+
+from sandbox.config import Settings
+from sandbox.rootless import features, fuse_overlay, idmap
 from sandbox.rootless.idmap import IdRange
+from sandbox.runtime import container
 
 STORAGE = (IdRange(0, 1001, 1), IdRange(1, 100000, 65536))
 
@@ -48,3 +52,18 @@ def test_options_are_joined() -> None:
         "-o",
         "lowerdir=/l/b:/l/a,uidmapping=1001:0:1,gidmapping=5:6:7",
     ]
+
+
+@pytest.mark.parametrize(
+    ("overlay", "fuse", "expected"),
+    [(True, True, "overlay"), (False, True, "fuse-overlay"), (False, False, "vfs")],
+)
+def test_auto_driver_falls_back_to_fuse_overlayfs_then_a_copy(
+    monkeypatch: pytest.MonkeyPatch, overlay: bool, fuse: bool, expected: str
+) -> None:
+    works = {"overlay_userns": overlay, "fuse-overlayfs": fuse, "fuse": fuse}
+    monkeypatch.setattr(
+        features, "probe", lambda name, **_: features.Probe(name, works[name], "probed")
+    )
+    settings = Settings(data_root=Path("/nonexistent"), runtime_root=Path("/nonexistent"))
+    assert container.storage_driver(settings) == expected
