@@ -21,7 +21,7 @@ from sandbox import spec as specs
 from sandbox.config import Settings
 from sandbox.errors import ContainerError, ImageError, ImageNotFound
 from sandbox.images.store import Image, ImageStore
-from sandbox.rootless import userns
+from sandbox.rootless import idmap, userns
 from sandbox.rootless.channel import Channel
 from sandbox.runtime.state import ContainerStore
 
@@ -100,7 +100,12 @@ def commit(
             context=f"its root filesystem uses the {spec.root.kind} driver",
             hint="commit reads the overlay upper directory",
         )
-    images = ImageStore(settings.storage_root, spec.mapping)
+    # The new layer is stored like every other, with the store's mapping; a keep-id
+    # container's own mapping differs (its lowers are shifted) and would store it shifted.
+    store_mapping = spec.mapping
+    if spec.root.shifted is not None:
+        store_mapping = idmap.for_current_user("keep-id")
+    images = ImageStore(settings.storage_root, store_mapping)
     base: Image | None = None
     if spec.image_id is not None:
         try:

@@ -340,3 +340,38 @@ def test_a_failing_fuse_overlayfs_is_one_error(
     assert "Traceback" not in done.stderr
     assert "fuse-overlayfs failed" in done.stderr and "something is wrong" in done.stderr
     assert ok(env.run("ps", "-a", "-q")).strip() == ""
+
+
+@pytest.mark.needs("fuse", "fuse-overlayfs", "overlay_userns")
+def test_commit_of_a_keep_id_container_keeps_the_owners(
+    sandbox_env: SandboxEnv, busybox_image: str
+) -> None:
+    uid = os.getuid()
+    script = f"echo a > /etc/by-root; echo b > /etc/mine; chown {uid} /etc/mine"
+    try:
+        ok(
+            sandbox_env.run(
+                "run",
+                "--name",
+                "kid-c",
+                "--userns=keep-id",
+                "-u",
+                "0",
+                busybox_image,
+                "sh",
+                "-c",
+                script,
+            )
+        )
+        ok(sandbox_env.run("commit", "kid-c", "localhost/kid-c:1"))
+        check = "stat -c %u /etc/by-root /etc/mine /bin"
+        for userns in ("auto", "keep-id"):
+            out = ok(
+                sandbox_env.run(
+                    "run", "--rm", f"--userns={userns}", "localhost/kid-c:1", "sh", "-c", check
+                )
+            )
+            assert out.split() == ["0", str(uid), "0"], (userns, out)
+    finally:
+        sandbox_env.run("rm", "-f", "kid-c")
+        sandbox_env.run("rmi", "localhost/kid-c:1")
