@@ -102,6 +102,13 @@ def arguments(
     work: Path | None = None,
 ) -> list[str]:
     """fuse-overlayfs's command line but the mount point: lowers lowest first (as spec.Root)."""
+    for path in (*lowers, upper, work):
+        if path is not None and ("," in str(path) or ":" in str(path)):
+            # fuse-overlayfs splits its options on ',' and lowerdir on ':', with no escape.
+            raise ContainerError(
+                f"fuse-overlayfs cannot use the path {path} (it contains ',' or ':')",
+                hint="set data_root in config.yaml to a directory without ',' or ':'",
+            )
     options = [f"lowerdir={':'.join(str(p) for p in reversed(lowers))}"]
     if upper is not None and work is not None:
         options += [f"upperdir={upper}", f"workdir={work}"]

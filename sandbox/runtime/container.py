@@ -201,6 +201,7 @@ def _shifted(root: specs.Root, storage: IdMapping, container: IdMapping, cdir: P
     fuse_overlay.program()
     uids = fuse_overlay.shift(storage.uids, container.uids)
     gids = fuse_overlay.shift(storage.gids, container.gids)
+    fuse_overlay.arguments(root.lowers, uids, gids, upper=root.upper, work=root.work)  # paths ok
     shifted = None if root.kind == "fuse-overlay" else cdir / "lower"
     return dataclasses.replace(root, shifted=shifted, uid_shift=uids, gid_shift=gids)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.config import Settings
+from sandbox.errors import ContainerError
 from sandbox.rootless import features, fuse_overlay, idmap
 from sandbox.rootless.idmap import IdRange
 from sandbox.runtime import container
@@ -52,6 +53,8 @@ def test_options_are_joined() -> None:
         "-o",
         "lowerdir=/l/b:/l/a,uidmapping=1001:0:1,gidmapping=5:6:7",
     ]
+    with pytest.raises(ContainerError, match="contains ',' or ':'"):
+        fuse_overlay.arguments([Path("/home/a,b/layer")], (), ())
 
 
 @pytest.mark.parametrize(
