@@ -336,6 +336,27 @@ def settle(baseline: set[int], timeout: float = 10.0) -> None:
             break
         time.sleep(0.01)
     os.sync()
+    _cpus_quiet(min(deadline, time.monotonic() + 1.0))  # a busy machine: not for ever
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs so far, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _cpus_quiet(deadline: float, window: float = 0.1, busy_at_most: float = 0.1) -> None:
+    """Wait (until deadline at most) for a window in which the CPUs are nearly idle: the
+    kernel finishes a run's teardown after its processes are gone (a network namespace is
+    dismantled by a kernel worker, ~20 ms for a tap device), and that CPU time would land in
+    the next tool's run."""
+    while time.monotonic() < deadline:
+        busy, total = _cpu_ticks()
+        time.sleep(window)
+        busy_after, total_after = _cpu_ticks()
+        if total_after == total or (busy_after - busy) / (total_after - total) <= busy_at_most:
+            return
 
 
 def parent_of(pid: int) -> int:
