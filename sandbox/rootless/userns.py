@@ -106,6 +106,7 @@ def _child(
 ) -> None:  # pragma: no cover - runs in the child
     code = 125
     host_uid = os.getuid()
+    parent = os.getppid()
     try:
         # Die with the parent: a container must not outlive the process that answers for it.
         syscalls.prctl(syscalls.PR_SET_PDEATHSIG, pdeathsig)
@@ -122,6 +123,12 @@ def _child(
                 "kernel.apparmor_restrict_unprivileged_userns)",
             ) from e
         become_root(channel, mapping, host_uid, meanwhile=meanwhile)
+        if pdeathsig:
+            # The kernel clears PDEATHSIG when the effective uid changes (keep-id: root here is
+            # a subordinate id, not ours): set it again, and go now if the parent died meanwhile.
+            syscalls.prctl(syscalls.PR_SET_PDEATHSIG, pdeathsig)
+            if os.getppid() != parent:
+                raise ContainerError("the process that started this container has gone")
         code = target(channel)
     except BaseException as error:
         channel.send_error(error)

@@ -375,3 +375,45 @@ def test_commit_of_a_keep_id_container_keeps_the_owners(
     finally:
         sandbox_env.run("rm", "-f", "kid-c")
         sandbox_env.run("rmi", "localhost/kid-c:1")
+
+
+@pytest.mark.needs("fuse", "fuse-overlayfs")
+def test_sandbox_killed_while_fuse_overlayfs_starts_leaves_no_daemon(
+    fresh_sandbox_env: SandboxEnv, busybox_tarball: Path, tmp_path: Path
+) -> None:
+    env = fresh_sandbox_env
+    ok(env.run("image", "import", busybox_tarball, "kidbox"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for program in ("newuidmap", "newgidmap", "getsubids", "slirp4netns", "pasta", "sh", "touch"):
+        found = shutil.which(program)
+        if found:
+            (bin_dir / program).symlink_to(found)
+    started = tmp_path / "started"
+    real = shutil.which("fuse-overlayfs")
+    # The real daemon, exec'd once sandbox (and the intermediate with it) is dead.
+    fake = bin_dir / "fuse-overlayfs"
+    fake.write_text(f'#!/bin/sh\ntouch {started}\nsleep 1\nexec {real} "$@"\n')
+    fake.chmod(0o755)
+    (bin_dir / "sleep").symlink_to(shutil.which("sleep") or "/bin/sleep")
+    process = subprocess.Popen(
+        [*env.argv_prefix(), "run", "--rm", "--userns=keep-id", "kidbox", "sleep", "600"],
+        env={**env.env, "PATH": str(bin_dir)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        until(started.exists, "fuse-overlayfs to be started", timeout=30)
+        process.kill()
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    import time
+
+    time.sleep(2)  # the real daemon has been exec'd by now (and found its mount gone)
+    _no_daemons(env)
+    assert not _sleeping(process.pid)
