@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandbox.errors import ContainerError, HostError
-from sandbox.rootless import syscalls
+from sandbox.rootless import syscalls, userns
 from sandbox.rootless.idmap import IdRange
 
 if TYPE_CHECKING:
@@ -206,12 +206,7 @@ def _start(argv: list[str], device: int, target: Path) -> None:
         if len(chunks) < 4:  # the last lines say why it failed; the rest is drained
             chunks.append(chunk)
     os.close(read_end)
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
+    status = userns.wait_pid(pid)
     if os.waitstatus_to_exitcode(status) != 0:
         lines = b"".join(chunks).decode("utf-8", "replace").strip().splitlines()
         raise ContainerError(
