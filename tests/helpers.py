@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -276,3 +277,15 @@ def netns_holder(env: SandboxEnv) -> dict[str, int] | None:
         return None
     data: dict[str, int] = json.loads(path.read_text())
     return data
+
+
+def bin_dir_with(directory: Path, *programs: str) -> Path:
+    """DIRECTORY/bin holding links to only the named host programs, for a PATH that lacks
+    everything else (a missing helper, or a fake one written there afterwards)."""
+    bin_dir = directory / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in programs:
+        found = shutil.which(name)
+        if found:
+            (bin_dir / name).symlink_to(found)
+    return bin_dir

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import SandboxEnv
+from tests.helpers import SandboxEnv, bin_dir_with
 
 
 def _unified_cgroup2() -> bool:
@@ -62,12 +61,9 @@ def test_doctor_names_the_package_without_slirp4netns(
     fresh_sandbox_env: SandboxEnv, tmp_path: Path
 ) -> None:
     # A PATH with the helpers a run needs, but no slirp4netns.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for program in ("newuidmap", "newgidmap", "getsubids", "pasta", "fuse-overlayfs"):
-        found = shutil.which(program)
-        if found:
-            (bin_dir / program).symlink_to(found)
+    bin_dir = bin_dir_with(
+        tmp_path, "newuidmap", "newgidmap", "getsubids", "pasta", "fuse-overlayfs"
+    )
     code, report = _doctor(fresh_sandbox_env, path=str(bin_dir))
     slirp = _by_name(report)["slirp4netns"]
     assert slirp["status"] == "warning"

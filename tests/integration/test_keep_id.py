@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SandboxEnv, ok, until
+from tests.helpers import SandboxEnv, bin_dir_with, ok, until
 
 pytestmark = pytest.mark.needs("userns", "subids", "newuidmap")
 
@@ -79,6 +79,10 @@ OWNERS = (
     # Nothing of the daemon is visible in the container but its mount; PID 1 is ours.
     "cat /proc/1/comm; cat /proc/[0-9]*/comm | grep -c fuse-overlayfs || true"
 )
+
+
+# What a run needs on PATH, for the tests that take fuse-overlayfs away or fake it.
+_HELPERS = ("newuidmap", "newgidmap", "getsubids", "slirp4netns", "pasta")
 
 
 def _daemons(env: SandboxEnv) -> list[int]:
@@ -243,12 +247,7 @@ def test_keep_id_without_fuse_overlayfs_is_one_error(
     env = fresh_sandbox_env
     ok(env.run("image", "import", busybox_tarball, "kidbox"))
     # A PATH with the helpers a run needs, but no fuse-overlayfs.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for program in ("newuidmap", "newgidmap", "getsubids", "slirp4netns", "pasta"):
-        found = shutil.which(program)
-        if found:
-            (bin_dir / program).symlink_to(found)
+    bin_dir = bin_dir_with(tmp_path, *_HELPERS)
     path = {"PATH": str(bin_dir)}
     done = env.run("run", "--rm", "--userns=keep-id", "kidbox", "true", env=path)
     assert done.returncode == 125, done.stderr
@@ -326,12 +325,7 @@ def test_a_failing_fuse_overlayfs_is_one_error(
 ) -> None:
     env = fresh_sandbox_env
     ok(env.run("image", "import", busybox_tarball, "kidbox"))
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for program in ("newuidmap", "newgidmap", "getsubids", "slirp4netns", "pasta", "sh"):
-        found = shutil.which(program)
-        if found:
-            (bin_dir / program).symlink_to(found)
+    bin_dir = bin_dir_with(tmp_path, *_HELPERS, "sh")
     fake = bin_dir / "fuse-overlayfs"
     fake.write_text("#!/bin/sh\necho 'fuse: something is wrong' >&2\nexit 1\n")
     fake.chmod(0o755)
@@ -383,19 +377,13 @@ def test_sandbox_killed_while_fuse_overlayfs_starts_leaves_no_daemon(
 ) -> None:
     env = fresh_sandbox_env
     ok(env.run("image", "import", busybox_tarball, "kidbox"))
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for program in ("newuidmap", "newgidmap", "getsubids", "slirp4netns", "pasta", "sh", "touch"):
-        found = shutil.which(program)
-        if found:
-            (bin_dir / program).symlink_to(found)
+    bin_dir = bin_dir_with(tmp_path, *_HELPERS, "sh", "touch", "sleep")
     started = tmp_path / "started"
     real = shutil.which("fuse-overlayfs")
     # The real daemon, exec'd once sandbox (and the intermediate with it) is dead.
     fake = bin_dir / "fuse-overlayfs"
     fake.write_text(f'#!/bin/sh\ntouch {started}\nsleep 1\nexec {real} "$@"\n')
     fake.chmod(0o755)
-    (bin_dir / "sleep").symlink_to(shutil.which("sleep") or "/bin/sleep")
     process = subprocess.Popen(
         [*env.argv_prefix(), "run", "--rm", "--userns=keep-id", "kidbox", "sleep", "600"],
         env={**env.env, "PATH": str(bin_dir)},

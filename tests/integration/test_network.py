@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SandboxEnv, ok
+from tests.helpers import SandboxEnv, bin_dir_with, ok
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -320,21 +319,10 @@ def test_privileged_host_port_names_the_sysctl(sandbox: Run, busybox_image: str)
     assert "net.ipv4.ip_unprivileged_port_start" in done.stderr
 
 
-def _path_without(tmp_path: Path, *wanted: str) -> str:
-    """A PATH holding only the named host programs (newuidmap and friends)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    for name in wanted:
-        found = shutil.which(name)
-        if found:
-            (bin_dir / name).symlink_to(found)
-    return str(bin_dir)
-
-
 def test_missing_slirp4netns_names_the_package(
     sandbox_env: SandboxEnv, busybox_image: str, tmp_path: Path
 ) -> None:
-    path = _path_without(tmp_path, "newuidmap", "newgidmap")
+    path = str(bin_dir_with(tmp_path, "newuidmap", "newgidmap"))
     done = sandbox_env.run(
         "run", "--rm", "--network", "slirp4netns", busybox_image, "true", env={"PATH": path}
     )
@@ -347,7 +335,7 @@ def test_missing_slirp4netns_names_the_package(
 def test_failing_slirp4netns_reports_its_log_and_leaves_nothing(
     sandbox_env: SandboxEnv, busybox_image: str, tmp_path: Path
 ) -> None:
-    path = _path_without(tmp_path, "newuidmap", "newgidmap")
+    path = str(bin_dir_with(tmp_path, "newuidmap", "newgidmap"))
     fake = Path(path) / "slirp4netns"
     fake.write_text("#!/bin/sh\necho 'fake-slirp4netns: cannot open /dev/net/tun' >&2\nexit 1\n")
     fake.chmod(0o755)
