@@ -184,7 +184,9 @@ def create(
         store.save_spec(spec, durable=not options.remove)
     except BaseException as e:
         remove_files(store, record, mapping)
-        if isinstance(e, OSError) and e.errno in state.FULL:
+        from sandbox.rootless import filesystems  # only on an error path
+
+        if filesystems.is_full(e):
             raise state.full_disk_error(e, store.dir(record.id)) from e
         raise
     return spec, record
@@ -546,18 +548,18 @@ def _remove_files(store: ContainerStore, container: Container, mapping: IdMappin
 def dependents(store: ContainerStore, container: Container) -> list[Container]:
     """The containers, in any state, that join this one's network namespace
     (--network container:NAME, as a pod's containers join its infra container)."""
-    found = []
-    for other in store.list():
-        if other.id == container.id or other.status == "unknown":
-            continue
-        with contextlib.suppress(SandboxError):
-            config = store.load_spec(other.id).network
-            target = config.name
-            if config.mode == "container" and (
-                target == container.name or (len(target) >= 3 and container.id.startswith(target))
-            ):
-                found.append(other)
-    return found
+
+    def joins(config: network.NetworkConfig) -> bool:
+        target = config.name
+        return config.mode == "container" and (
+            target == container.name or (len(target) >= 3 and container.id.startswith(target))
+        )
+
+    return [
+        other
+        for other, spec in store.with_specs()
+        if other.id != container.id and joins(spec.network)
+    ]
 
 
 def remove(

@@ -216,15 +216,11 @@ def bridge_name(name: str) -> str:
 
 def members(store: ContainerStore, name: str) -> list[str]:
     """Names of the containers, in any state, that join network NAME when they run."""
-    found = []
-    for container in store.list():
-        try:
-            config = store.load_spec(container.id).network
-        except ContainerError:
-            continue  # being created or removed right now
-        if config.mode == "bridge" and config.name == name:
-            found.append(container.name)
-    return found
+    return [
+        container.name
+        for container, spec in store.with_specs()
+        if spec.network.mode == "bridge" and spec.network.name == name
+    ]
 
 
 def remove(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import errno
 import fcntl
 import json
 import os
@@ -20,7 +19,7 @@ import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from sandbox import codec
 from sandbox.errors import ContainerError, ContainerNotFound, UsageError
@@ -171,7 +170,7 @@ class ContainerStore:
             except BaseException as e:
                 with contextlib.suppress(OSError):
                     shutil.rmtree(new)
-                if isinstance(e, OSError) and e.errno in FULL:
+                if _is_full(e):
                     raise full_disk_error(e, self.root) from e
                 raise
         return container
@@ -259,6 +258,15 @@ class ContainerStore:
 
     def list(self) -> list[Container]:
         return sorted(self._load_all(), key=lambda c: c.created, reverse=True)
+
+    def with_specs(self) -> Iterator[tuple[Container, ContainerSpec]]:
+        """Each container of list() with its stored spec; one whose spec cannot be read (being
+        created or removed right now, or damaged) is left out."""
+        for container in self.list():
+            try:
+                yield container, self.load_spec(container.id)
+            except ContainerError:
+                continue
 
     def lookup(self, name_or_id: str, *, damaged: bool = False) -> Container:
         """The container name_or_id names (a name, an id or a unique id prefix). One whose
@@ -358,7 +366,10 @@ def _unknown(path: Path) -> Container | None:
     )
 
 
-FULL = (errno.ENOSPC, errno.EDQUOT)
+def _is_full(error: BaseException) -> TypeGuard[OSError]:
+    from sandbox.rootless import filesystems  # only on an error path
+
+    return filesystems.is_full(error)
 
 
 def full_disk_error(error: OSError, path: Path) -> ContainerError:
@@ -430,7 +441,7 @@ def _write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
         # A full disk leaves the old file in place, and no temporary file beside it.
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if e.errno in FULL:
+        if _is_full(e):
             e.filename = e.filename or str(path)
             raise full_disk_error(e, path.parent) from e
         raise
