@@ -139,6 +139,11 @@ class Root:
     uid_shift: tuple[tuple[int, int, int], ...] = ()
     gid_shift: tuple[tuple[int, int, int], ...] = ()
 
+    @property
+    def needs_fuse(self) -> bool:
+        """A fuse-overlayfs daemon serves part of this root (the intermediate starts it)."""
+        return self.shifted is not None or self.kind == "fuse-overlay"
+
 
 @dataclasses.dataclass(frozen=True)
 class ContainerSpec:

@@ -86,7 +86,7 @@ def early_namespaces(spec: ContainerSpec) -> int:
     if spec.namespace_paths:
         return 0
     flags = namespace_flags(spec.namespaces) & ~syscalls.CLONE_NEWCGROUP
-    if spec.root.shifted is not None or spec.root.kind == "fuse-overlay":
+    if spec.root.needs_fuse:
         # The fuse-overlayfs daemon is forked before the PID namespace exists: it must not
         # become the container's PID 1 (rootless/fuse_overlay.py).
         flags &= ~syscalls.CLONE_NEWPID
@@ -96,7 +96,7 @@ def early_namespaces(spec: ContainerSpec) -> int:
 def intermediate(spec: ContainerSpec, channel: Channel, *, unshared: int = 0) -> int:
     """Step 3: runs as root of the new user namespace; creates the rest and forks PID 1.
     unshared: the namespaces it created already (early_namespaces)."""
-    if spec.root.shifted is not None or spec.root.kind == "fuse-overlay":
+    if spec.root.needs_fuse:
         from sandbox.rootless import fuse_overlay
 
         # Mapped, not yet in the container's cgroup nor its PID namespace: the daemon stays
