@@ -186,7 +186,7 @@ class BlobWriter:
             if self._arrival is not None:
                 self._arrival.grew(self.size)
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            if _is_full(e):
                 raise _full(e, self.path, f"while writing blob {self.digest}") from e
             raise
 
@@ -1088,7 +1088,7 @@ class ImageStore:
         try:
             yield
         except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if not _is_full(e):
                 raise
             raise _full(e, self.root, f"while adding to the image store {self.root}") from e
 
@@ -1273,6 +1273,12 @@ def find_image(images: list[Image], text: str) -> tuple[Image, str | None]:
     raise ImageNotFound(
         f"image {text!r} not found", context=f"tried {', '.join(tried)}", hint=NOT_FOUND_HINT
     )
+
+
+def _is_full(error: OSError) -> bool:
+    from sandbox.rootless import filesystems  # only on an error path
+
+    return filesystems.is_full(error)
 
 
 def _full(error: OSError, path: Path, context: str) -> ImageError:

@@ -231,9 +231,9 @@ class _Unpacker:
         except archive.data_errors():
             raise
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                from sandbox.rootless import filesystems
+            from sandbox.rootless import filesystems
 
+            if filesystems.is_full(e):
                 where = Path(f"/proc/self/fd/{self.root_fd}")  # the layer being unpacked
                 raise LayerError(
                     filesystems.full_message(e, where),

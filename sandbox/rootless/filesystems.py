@@ -8,11 +8,12 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import TypeGuard
 
 FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def is_full(error: BaseException) -> bool:
+def is_full(error: BaseException) -> TypeGuard[OSError]:
     """Whether error is the kernel saying the file system (or the user's quota) is full."""
     return isinstance(error, OSError) and error.errno in FULL
 
